@@ -1,0 +1,108 @@
+"""The read-only REST API (OpenAPI at /docs).
+
+Routers are grouped by concern (``api/routes_*.py``); this module wires them,
+the connection pool and the RFC 7807 error format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from psycopg_pool import AsyncConnectionPool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.deps import AppState
+from api.routes_flow import router as flow_router
+from api.routes_work_items import router as work_items_router
+from processor.stages import StageConfig
+
+REQUESTS = Counter(
+    "flowmetrics_api_requests_total", "API requests", ["method", "route", "status"]
+)
+
+EXTRA_ROUTERS: list[Any] = []
+
+
+def problem(status: int, title: str, detail: Any) -> JSONResponse:
+    return JSONResponse(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail},
+        status_code=status,
+        media_type="application/problem+json",
+    )
+
+
+def create_api_app(pool: AsyncConnectionPool, stages: StageConfig, **state: Any) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await pool.open()
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(
+        title="flowmetrics API",
+        version="1",
+        description="Read-only flow metrics and DORA keys. Errors are RFC 7807 problem+json.",
+        lifespan=lifespan,
+    )
+    app.state.flow = AppState(pool=pool, stages=stages, extra=state)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, _title(exc.status_code), exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()
+        ]
+        return problem(422, "Invalid request", errors)
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        REQUESTS.labels(
+            request.method, getattr(route, "path", "unmatched"), str(response.status_code)
+        ).inc()
+        return response
+
+    app.include_router(flow_router)
+    app.include_router(work_items_router)
+    for router in EXTRA_ROUTERS:
+        app.include_router(router)
+
+    @app.get("/api/v1/health", summary="Liveness")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness: the database answers")
+    async def ready() -> Response:
+        try:
+            async with pool.connection(timeout=2) as conn:
+                await conn.execute("select 1")
+        except Exception as exc:  # readiness reports, it never raises
+            return JSONResponse({"ready": False, "reason": str(exc)}, status_code=503)
+        return JSONResponse({"ready": True})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

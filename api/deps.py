@@ -1,0 +1,40 @@
+"""Dependencies shared by the API's routers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from processor.stages import StageConfig
+
+
+@dataclass
+class AppState:
+    pool: AsyncConnectionPool
+    stages: StageConfig
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.flow
+    return state
+
+
+async def get_conn(request: Request) -> AsyncIterator[AsyncConnection[Any]]:
+    async with get_state(request).pool.connection() as conn:
+        yield conn
+
+
+async def configure_read_only(conn: AsyncConnection[Any]) -> None:
+    """Pool hook: every API connection is read-only, so a bug in a query cannot write."""
+    await conn.set_autocommit(True)
+    await conn.execute("set default_transaction_read_only = on")
+
+
+ConnDep = Annotated[AsyncConnection[Any], Depends(get_conn)]
+StateDep = Annotated[AppState, Depends(get_state)]

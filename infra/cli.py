@@ -1,0 +1,185 @@
+"""The ``flowmetrics`` command line.
+
+    flowmetrics up        collectors + processor + API in one process (embedded
+                          broker/PostgreSQL when FLOW_KAFKA_BOOTSTRAP /
+                          FLOW_DATABASE_URL are unset)
+    flowmetrics demo      ``up`` + a synthetic dataset through the real webhooks,
+                          then the headline numbers (DEMO_EXIT=1: exit after)
+    flowmetrics migrate   schema and topics
+    flowmetrics collect | process | serve   one service each, for production
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import structlog
+
+from infra.db import migrate
+from infra.kafka import ensure_topics
+from infra.logging import configure_logging
+from infra.services import (
+    Endpoints,
+    run_api,
+    run_collectors,
+    run_processor,
+    topics_for,
+)
+from infra.settings import Settings
+
+log = structlog.get_logger("cli")
+
+Service = Callable[[Settings, Endpoints, asyncio.Event], Awaitable[None]]
+
+
+@contextmanager
+def backends(settings: Settings, *, embedded_ok: bool = True) -> Iterator[Endpoints]:
+    """The configured broker and database, or embedded ones started for this run."""
+    with ExitStack() as stack:
+        database_url = settings.database_url
+        bootstrap = settings.kafka_bootstrap
+        if (not database_url or not bootstrap) and not embedded_ok:
+            raise SystemExit("FLOW_DATABASE_URL and FLOW_KAFKA_BOOTSTRAP are required here")
+        if not database_url or not bootstrap:
+            from infra.embedded import EmbeddedBroker, EmbeddedPostgres
+
+            if not database_url:
+                pg = stack.enter_context(EmbeddedPostgres(settings.home))
+                database_url = pg.dsn
+                log.info("embedded_postgres_started", dsn=database_url, data=str(pg.data_dir))
+            if not bootstrap:
+                broker = stack.enter_context(EmbeddedBroker(settings.home / "logs"))
+                bootstrap = broker.bootstrap
+                settings.kafka_idempotent_producer = False
+                log.info("embedded_broker_started", bootstrap=bootstrap)
+        yield Endpoints(database_url=database_url, kafka_bootstrap=bootstrap)
+
+
+async def prepare(settings: Settings, ends: Endpoints) -> None:
+    await asyncio.to_thread(migrate, ends.database_url)
+    await ensure_topics(ends.kafka_bootstrap, topics_for(settings).all())
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def run_services(
+    settings: Settings,
+    ends: Endpoints,
+    services: list[Service],
+    stop: asyncio.Event,
+    after_start: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    tasks = [asyncio.create_task(s(settings, ends, stop)) for s in services]
+    try:
+        if after_start is not None:
+            helper = asyncio.create_task(after_start())
+            done, _ = await asyncio.wait(
+                [helper, *tasks], return_when=asyncio.FIRST_COMPLETED
+            )
+            if helper not in done:
+                stop.set()
+            else:
+                helper.result()
+        await asyncio.wait([*tasks, asyncio.create_task(stop.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("service_failed", error=repr(result))
+
+
+def _run(settings: Settings, services: list[Service], *, embedded_ok: bool = True,
+         after_start: Callable[[Settings, Endpoints, asyncio.Event], Awaitable[None]] | None = None
+         ) -> None:
+    with backends(settings, embedded_ok=embedded_ok) as ends:
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            _stop_on_signals(stop)
+            await prepare(settings, ends)
+            hook = None
+            if after_start is not None:
+                def hook() -> Awaitable[None]:
+                    return after_start(settings, ends, stop)
+            await run_services(settings, ends, services, stop, hook)
+
+        asyncio.run(main())
+
+
+def cmd_migrate(settings: Settings) -> None:
+    with backends(settings, embedded_ok=False) as ends:
+        asyncio.run(prepare(settings, ends))
+    print("schema and topics are up to date")
+
+
+def cmd_demo(settings: Settings) -> None:
+    from infra.demo import run_demo
+
+    exit_after = os.environ.get("DEMO_EXIT", "") not in ("", "0")
+
+    async def after_start(s: Settings, ends: Endpoints, stop: asyncio.Event) -> None:
+        await run_demo(s, ends)
+        if exit_after:
+            stop.set()
+        else:
+            print(
+                f"\nAPI: http://{s.api_host}:{s.api_port}/docs  "
+                f"collectors: http://{s.collector_host}:{s.collector_port}  (Ctrl-C to stop)",
+                flush=True,
+            )
+
+    _run(settings, [run_collectors, run_processor, run_api], after_start=after_start)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowmetrics", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("up", "run collectors, processor and API in one process"),
+        ("demo", "run everything and feed it a synthetic dataset"),
+        ("migrate", "apply database migrations and create topics"),
+        ("collect", "run the webhook collectors"),
+        ("process", "run one processor (a consumer-group member)"),
+        ("serve", "run the read-only API"),
+    ):
+        sub.add_parser(name, help=text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        print(f"flowmetrics: invalid settings: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    configure_logging(settings.log_level, json=settings.log_json)
+    commands: dict[str, Callable[[], Any]] = {
+        "up": lambda: _run(settings, [run_collectors, run_processor, run_api]),
+        "demo": lambda: cmd_demo(settings),
+        "migrate": lambda: cmd_migrate(settings),
+        "collect": lambda: _run(settings, [run_collectors], embedded_ok=False),
+        "process": lambda: _run(settings, [run_processor], embedded_ok=False),
+        "serve": lambda: _run(settings, [run_api], embedded_ok=False),
+    }
+    commands[args.command]()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Wiring: builds each service from settings, in one place (cosmicpython's bootstrap).
+
+Every service runs as a coroutine that stops cleanly when ``stop`` is set, so
+``flowmetrics up`` can run all three in one process and production can run
+each on its own (``flowmetrics collect | process | serve``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import uvicorn
+from fastapi import FastAPI
+
+from api.app import create_api_app
+from api.deps import configure_read_only
+from collectors.app import CollectorConfig, create_collector_app
+from collectors.github import GitHubMapping
+from collectors.publisher import KafkaPublisher
+from infra.db import make_pool
+from infra.kafka import make_consumer, make_producer
+from infra.settings import Settings
+from processor.consumer import Processor
+from processor.projections import Projection, ProjectionRegistry
+from processor.stages import StageConfig, load_stage_config
+from processor.work_item_store import WorkItemsProjection
+from schemas.topics import Topics
+
+log = structlog.get_logger("services")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the running system's backing services are (embedded or external)."""
+
+    database_url: str
+    kafka_bootstrap: str
+
+
+def topics_for(settings: Settings) -> Topics:
+    return Topics(settings.topic_prefix)
+
+
+def stage_config(settings: Settings) -> StageConfig:
+    return load_stage_config(settings.stages_file)
+
+
+def projections(settings: Settings, stages: StageConfig) -> list[Projection]:
+    """Every projection the processor folds into; a new domain registers here."""
+    return [WorkItemsProjection(stages)]
+
+
+async def serve_app(app: FastAPI, host: str, port: int, stop: asyncio.Event) -> None:
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                       lifespan="on")
+    )
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    await task
+    stopper.cancel()
+
+
+async def run_collectors(settings: Settings, ends: Endpoints, stop: asyncio.Event) -> None:
+    producer = make_producer(ends.kafka_bootstrap, idempotent=settings.kafka_idempotent_producer)
+    await producer.start()
+    try:
+        def secret(value: Any) -> str | None:
+            return value.get_secret_value() if value is not None else None
+
+        config = CollectorConfig(
+            jira_secret=secret(settings.jira_webhook_secret),
+            github_secret=secret(settings.github_webhook_secret),
+            ingest_token=secret(settings.ingest_token),
+            max_body_bytes=settings.max_body_bytes,
+            max_batch_events=settings.max_batch_events,
+        )
+        app = create_collector_app(
+            config,
+            KafkaPublisher(producer, topics_for(settings)),
+            stage_config(settings),
+            GitHubMapping(),
+        )
+        log.info("collectors_listening", port=settings.collector_port)
+        await serve_app(app, settings.collector_host, settings.collector_port, stop)
+    finally:
+        await producer.stop()
+
+
+async def run_processor(settings: Settings, ends: Endpoints, stop: asyncio.Event) -> None:
+    topics = topics_for(settings)
+    stages = stage_config(settings)
+    consumer = make_consumer(ends.kafka_bootstrap, settings.consumer_group, topics.events)
+    producer = make_producer(ends.kafka_bootstrap, idempotent=settings.kafka_idempotent_producer)
+    await producer.start()
+    await consumer.start()
+    try:
+        processor = Processor(
+            consumer=consumer,
+            producer=producer,
+            dsn=ends.database_url,
+            registry=ProjectionRegistry(projections(settings, stages)),
+            dlq_topic=topics.dlq,
+            batch_max=settings.processor_batch_max,
+            poll_ms=settings.processor_poll_ms,
+        )
+        log.info("processor_consuming", topic=topics.events, group=settings.consumer_group)
+        await processor.run(stop)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+def build_api(settings: Settings, ends: Endpoints) -> FastAPI:
+    pool = make_pool(ends.database_url, configure=configure_read_only)
+    return create_api_app(pool, stage_config(settings), settings=settings)
+
+
+async def run_api(settings: Settings, ends: Endpoints, stop: asyncio.Event) -> None:
+    log.info("api_listening", port=settings.api_port)
+    await serve_app(build_api(settings, ends), settings.api_host, settings.api_port, stop)

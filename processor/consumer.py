@@ -1,0 +1,250 @@
+"""The processor: a Kafka consumer-group member that folds batches into PostgreSQL.
+
+One batch (``getmany``) = one database transaction. Offsets are committed only
+after that transaction commits, and every write is idempotent by ``event_id``,
+so a crash anywhere redelivers at most one batch and changes nothing twice.
+
+Errors:
+- an undecodable or invalid record goes to the dead-letter topic with the
+  reason and its topic/partition/offset; its partition does not stall;
+- the database unreachable: nothing is committed, the batch is retried with
+  backoff until the database returns;
+- any other database error: the batch is retried event by event so the one
+  poison event is dead-lettered and the rest folded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import psycopg
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from psycopg import AsyncConnection
+from pydantic import ValidationError
+
+from processor.metrics import BATCH_SECONDS, CONSUMER_LAG, EVENTS_DEAD, EVENTS_FOLDED
+from processor.projections import ProjectionRegistry
+from schemas.events import CanonicalEvent, parse_event
+
+log = structlog.get_logger("processor")
+
+
+@dataclass(frozen=True)
+class DecodedRecord:
+    record: ConsumerRecord[bytes, bytes]
+    event: CanonicalEvent
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    record: ConsumerRecord[bytes, bytes]
+    reason: str
+
+
+def dead_letter_payload(letter: DeadLetter) -> bytes:
+    r = letter.record
+    value = r.value or b""
+    try:
+        original: Any = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        original = {"base64": base64.b64encode(value).decode()}
+    return orjson.dumps(
+        {
+            "reason": letter.reason,
+            "topic": r.topic,
+            "partition": r.partition,
+            "offset": r.offset,
+            "key": r.key.decode(errors="replace") if r.key else None,
+            "payload": original,
+        }
+    )
+
+
+class EventStore:
+    """The ``events`` table: the idempotency guard and every projection's history."""
+
+    def __init__(self, registry: ProjectionRegistry) -> None:
+        self.registry = registry
+
+    async def fold(self, conn: AsyncConnection[Any], events: Sequence[CanonicalEvent]) -> int:
+        """Store the events not seen before and refresh what they touch; returns how many were new."""
+        rows = []
+        seen: set[str] = set()
+        for event in events:
+            projection = self.registry.for_event(event)
+            if projection is None or event.event_id in seen:
+                continue
+            seen.add(event.event_id)
+            rows.append(
+                (
+                    event.event_id,
+                    event.type,
+                    event.source,
+                    projection.name,
+                    projection.entity_of(event),
+                    event.occurred_at,
+                    event.received_at,
+                    orjson.dumps(event.model_dump(mode="json")).decode(),
+                )
+            )
+        if not rows:
+            return 0
+        touched: dict[str, set[str]] = defaultdict(set)
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "create temp table if not exists incoming (like events including defaults) "
+                "on commit delete rows"
+            )
+            async with cur.copy(
+                "copy incoming (event_id, type, source, projection, entity, occurred_at, "
+                "received_at, payload) from stdin"
+            ) as copy:
+                for row in rows:
+                    await copy.write_row(row)
+            await cur.execute(
+                "insert into events select * from incoming on conflict (event_id) do nothing "
+                "returning projection, entity"
+            )
+            inserted = await cur.fetchall()
+            for name, entity in inserted:
+                touched[name].add(entity)
+        for name, entities in touched.items():
+            await self.registry.get(name).refresh(conn, sorted(entities))
+        return len(inserted)
+
+
+class Processor:
+    def __init__(
+        self,
+        *,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        dsn: str,
+        registry: ProjectionRegistry,
+        dlq_topic: str,
+        batch_max: int = 5000,
+        poll_ms: int = 200,
+    ) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.dsn = dsn
+        self.store = EventStore(registry)
+        self.dlq_topic = dlq_topic
+        self.batch_max = batch_max
+        self.poll_ms = poll_ms
+        self._conn: AsyncConnection[Any] | None = None
+        self.batches = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                batch = await self.consumer.getmany(
+                    timeout_ms=self.poll_ms, max_records=self.batch_max
+                )
+                records = [r for part in batch.values() for r in part]
+                if records:
+                    await self.handle(records, stop)
+                    await self.consumer.commit()
+                    self.batches += 1
+                await self._report_lag()
+        finally:
+            if self._conn is not None:
+                await self._conn.close()
+
+    async def _report_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            position = await self.consumer.position(tp)
+            CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                max(high - position, 0)
+            )
+
+    async def handle(self, records: list[ConsumerRecord[bytes, bytes]], stop: asyncio.Event) -> None:
+        decoded, dead = decode(records)
+        with BATCH_SECONDS.time():
+            dead.extend(await self._fold_with_retry([d.event for d in decoded], decoded, stop))
+        for letter in dead:
+            log.warning(
+                "dead_lettered",
+                topic=letter.record.topic,
+                partition=letter.record.partition,
+                offset=letter.record.offset,
+                reason=letter.reason,
+            )
+            await self.producer.send_and_wait(
+                self.dlq_topic, dead_letter_payload(letter), key=letter.record.key
+            )
+            EVENTS_DEAD.inc()
+        EVENTS_FOLDED.inc(len(decoded))
+
+    async def _connection(self) -> AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await AsyncConnection.connect(self.dsn)
+        return self._conn
+
+    async def _fold_once(self, events: Sequence[CanonicalEvent]) -> None:
+        conn = await self._connection()
+        async with conn.transaction():
+            await self.store.fold(conn, events)
+
+    async def _fold_with_retry(
+        self,
+        events: list[CanonicalEvent],
+        decoded: list[DecodedRecord],
+        stop: asyncio.Event,
+    ) -> list[DeadLetter]:
+        delay = 0.1
+        while True:
+            try:
+                await self._fold_once(events)
+                return []
+            except psycopg.OperationalError as exc:
+                log.warning("database_unavailable", error=str(exc), retry_in_s=delay)
+                if self._conn is not None:
+                    await self._conn.close()
+                    self._conn = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except psycopg.Error as exc:
+                log.error("batch_failed_isolating", error=str(exc), events=len(events))
+                return await self._fold_one_by_one(decoded)
+
+    async def _fold_one_by_one(self, decoded: list[DecodedRecord]) -> list[DeadLetter]:
+        dead: list[DeadLetter] = []
+        for item in decoded:
+            try:
+                await self._fold_once([item.event])
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                dead.append(DeadLetter(item.record, f"fold failed: {exc}"))
+        return dead
+
+
+def decode(
+    records: Sequence[ConsumerRecord[bytes, bytes]],
+) -> tuple[list[DecodedRecord], list[DeadLetter]]:
+    decoded: list[DecodedRecord] = []
+    dead: list[DeadLetter] = []
+    for record in records:
+        try:
+            decoded.append(DecodedRecord(record, parse_event(record.value or b"")))
+        except orjson.JSONDecodeError as exc:
+            dead.append(DeadLetter(record, f"not JSON: {exc}"))
+        except ValidationError as exc:
+            dead.append(DeadLetter(record, f"not a canonical event: {_short(exc)}"))
+    return decoded, dead
+
+
+def _short(exc: ValidationError) -> str:
+    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]]
+    return "; ".join(parts)
