@@ -118,7 +118,9 @@ def normalize_jira(
     events: list[CanonicalEvent] = [
         _keyed(
             WorkItemUpserted,
-            event_id=upsert_event_id(issue_id, body["timestamp"]),
+            event_id=upsert_event_id(
+                issue_id, body["timestamp"], _changelog_id_or_none(body.get("changelog"))
+            ),
             item_id=item_id,
             display_key=display_key,
             title=_str(fields, "summary", "issue.fields.summary") or "",
@@ -169,6 +171,7 @@ def normalize_jira(
                 to_status=to_status,
                 # The body's category describes the status *after* the whole change.
                 to_status_category=category if to_status == status else None,
+                sequence=ordinal,
                 **envelope,
             )
         )
@@ -178,8 +181,15 @@ def normalize_jira(
 # -- event ids (shared with the REST backfill) -------------------------------------
 
 
-def upsert_event_id(issue_id: str, timestamp_ms: int) -> str:
-    return stable_event_id(SOURCE, issue_id, "upsert", timestamp_ms)
+def upsert_event_id(issue_id: str, timestamp_ms: int, history_id: str | None = None) -> str:
+    """Two deliveries can share a millisecond; the changelog id tells them apart."""
+    return stable_event_id(SOURCE, issue_id, "upsert", timestamp_ms, history_id)
+
+
+def _changelog_id_or_none(changelog: Any) -> str | None:
+    if isinstance(changelog, dict) and changelog.get("id") is not None:
+        return str(changelog["id"])
+    return None
 
 
 def created_event_id(issue_id: str) -> str:

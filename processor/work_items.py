@@ -129,8 +129,8 @@ def _dedupe(events: Iterable[WorkItemEvent]) -> list[WorkItemEvent]:
     return list(seen.values())
 
 
-def _transition_order(t: WorkItemTransitioned) -> tuple[datetime, int, str]:
-    return (t.occurred_at, 0 if t.from_status is None else 1, t.event_id)
+def _transition_order(t: WorkItemTransitioned) -> tuple[datetime, int, int, str]:
+    return (t.occurred_at, 0 if t.from_status is None else 1, t.sequence, t.event_id)
 
 
 def fold_work_item(
@@ -183,7 +183,7 @@ def fold_work_item(
                 occurred_at=move.occurred_at,
                 from_status=move.from_status,
                 to_status=move.to_status,
-                from_stage=previous_stage if move.from_status is not None else None,
+                from_stage=previous_stage,
                 to_stage=stage,
                 team=team,
                 project=project,

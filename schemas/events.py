@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=512)]
 
@@ -80,6 +80,9 @@ class WorkItemTransitioned(_Envelope):
     # Set by sources whose flow is not status-based (GitHub pull requests):
     # the stage to use directly, bypassing the status → stage mapping.
     to_stage: str | None = None
+    # Order among transitions with the same occurred_at (one Jira changelog
+    # can carry several status items stamped with one millisecond).
+    sequence: int = 0
 
 
 class WorkItemDeleted(_Envelope):

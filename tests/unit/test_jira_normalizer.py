@@ -142,12 +142,20 @@ def test_status_event_id_is_history_id_and_status_ordinal(normalize: Normalize) 
     assert cloud.event_id == status_event_id("10040", "10228", 0)
 
 
-def test_upsert_event_id_is_issue_and_timestamp(normalize: Normalize) -> None:
-    """The upsert's id is (issue id, "upsert", body timestamp)."""
+def test_upsert_event_id_is_issue_timestamp_and_changelog(normalize: Normalize) -> None:
+    """The upsert's id is (issue id, "upsert", body timestamp, changelog id)."""
     body = load_fixture("jira/issue_updated/cloud_TES-41_assigned.json")
     assert upsert(normalize(body)).event_id == stable_event_id(
-        "jira", "10040", "upsert", 1550287081752
+        "jira", "10040", "upsert", 1550287081752, body["changelog"]["id"]
     )
+
+
+def test_same_millisecond_deliveries_keep_distinct_upsert_ids(normalize: Normalize) -> None:
+    """Two deliveries stamped with one millisecond (issuetype and summary) are not merged."""
+    a = load_fixture("jira/issue_updated/cloud_TES-41_issuetype_changed.json")
+    b = load_fixture("jira/issue_updated/cloud_TES-41_summary_changed.json")
+    assert a["timestamp"] == b["timestamp"]
+    assert upsert(normalize(a)).event_id != upsert(normalize(b)).event_id
 
 
 def test_retry_gives_identical_events(normalize: Normalize) -> None:
