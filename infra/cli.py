@@ -15,6 +15,8 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
+import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -130,6 +132,11 @@ def cmd_migrate(settings: Settings) -> None:
 def cmd_demo(settings: Settings) -> None:
     from infra.demo import run_demo
 
+    if not settings.database_url:
+        # A fresh embedded database each run, so the numbers are the dataset's alone.
+        settings.home = settings.home / "demo"
+        shutil.rmtree(settings.home / "pgdata", ignore_errors=True)
+
     exit_after = os.environ.get("DEMO_EXIT", "") not in ("", "0")
 
     async def after_start(s: Settings, ends: Endpoints, stop: asyncio.Event) -> None:
@@ -164,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        # The demo is a development run, but still signs its webhooks.
+        os.environ.setdefault("FLOW_ENV", "development")
+        os.environ.setdefault("FLOW_JIRA_WEBHOOK_SECRET", secrets.token_hex(16))
+        os.environ.setdefault("FLOW_GITHUB_WEBHOOK_SECRET", secrets.token_hex(16))
     try:
         settings = Settings()
     except ValueError as exc:

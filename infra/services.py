@@ -96,7 +96,14 @@ async def run_collectors(settings: Settings, ends: Endpoints, stop: asyncio.Even
 async def run_processor(settings: Settings, ends: Endpoints, stop: asyncio.Event) -> None:
     topics = topics_for(settings)
     stages = stage_config(settings)
-    consumer = make_consumer(ends.kafka_bootstrap, settings.consumer_group, topics.events)
+    session_ms = settings.consumer_session_timeout_ms
+    consumer = make_consumer(
+        ends.kafka_bootstrap,
+        settings.consumer_group,
+        topics.events,
+        session_timeout_ms=session_ms,
+        heartbeat_interval_ms=max(session_ms // 3, 100),
+    )
     producer = make_producer(ends.kafka_bootstrap, idempotent=settings.kafka_idempotent_producer)
     await producer.start()
     await consumer.start()

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     kafka_idempotent_producer: bool = True
     topic_prefix: str = "flowmetrics"
     consumer_group: str = "flowmetrics-processor"
+    # A dead processor's partitions move to the others after this long. Tansu
+    # also holds a new group's first join for half of it.
+    consumer_session_timeout_ms: int = 10_000
 
     collector_host: str = "127.0.0.1"
     collector_port: int = 8080

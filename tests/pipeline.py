@@ -142,6 +142,7 @@ async def running_pipeline(
         "github_webhook_secret": GITHUB_SECRET,
         "ingest_token": INGEST_TOKEN,
         "processor_poll_ms": 50,
+        "consumer_session_timeout_ms": 2000,
         "log_json": True,
         "kafka_idempotent_producer": bool(os.environ.get("FLOW_TEST_KAFKA_BOOTSTRAP")),
     }
