@@ -22,9 +22,7 @@ from api.routes_flow import router as flow_router
 from api.routes_work_items import router as work_items_router
 from processor.stages import StageConfig
 
-REQUESTS = Counter(
-    "flowmetrics_api_requests_total", "API requests", ["method", "route", "status"]
-)
+REQUESTS = Counter("flowmetrics_api_requests_total", "API requests", ["method", "route", "status"])
 
 # Every router of the API, in the order they appear in /docs.
 ROUTERS: list[APIRouter] = [
@@ -64,9 +62,7 @@ def create_api_app(pool: AsyncConnectionPool, stages: StageConfig, **state: Any)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()
-        ]
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
         return problem(422, "Invalid request", errors)
 
     @app.middleware("http")

@@ -24,8 +24,11 @@ class Filters:
         p = f"{alias}." if alias else ""
         clauses: list[str] = []
         params: dict[str, Any] = {}
-        for column, value in (("team", self.team), ("project", self.project),
-                              ("item_type", self.item_type)):
+        for column, value in (
+            ("team", self.team),
+            ("project", self.project),
+            ("item_type", self.item_type),
+        ):
             if value is not None:
                 clauses.append(f"{p}{column} = %({column})s")
                 params[column] = value
@@ -39,7 +42,7 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 def get_filters(
-    start: Annotated[datetime | None, Query(description="Inclusive; default end − 30 days")] = None,
+    start: Annotated[datetime | None, Query(description="Inclusive; default end - 30 days")] = None,
     end: Annotated[datetime | None, Query(description="Exclusive; default now")] = None,
     team: Annotated[str | None, Query(max_length=200)] = None,
     project: Annotated[str | None, Query(max_length=200)] = None,

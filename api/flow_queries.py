@@ -69,7 +69,9 @@ async def flow_metrics(conn: AsyncConnection[Any], f: Filters) -> dict[str, Any]
     }
 
 
-async def flow_timeseries(conn: AsyncConnection[Any], f: Filters, interval: str) -> list[dict[str, Any]]:
+async def flow_timeseries(
+    conn: AsyncConnection[Any], f: Filters, interval: str
+) -> list[dict[str, Any]]:
     """Throughput per bucket (by completion time) and WIP at each bucket's end.
 
     Buckets start at UTC midnight of ``start`` (days) or of the Monday on or

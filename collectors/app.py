@@ -140,8 +140,13 @@ def create_collector_app(
                 status_code=202,
             )
         DELIVERIES.labels(source=raw.source, outcome="accepted").inc()
-        log.info("delivery_accepted", source=raw.source, delivery_id=raw.delivery_id,
-                 source_event=raw.event_name, events=len(events))
+        log.info(
+            "delivery_accepted",
+            source=raw.source,
+            delivery_id=raw.delivery_id,
+            source_event=raw.event_name,
+            events=len(events),
+        )
         return JSONResponse(
             {"status": "accepted", "delivery_id": raw.delivery_id, "events": len(events)},
             status_code=202,
@@ -259,9 +264,10 @@ def create_collector_app(
             )
         await publisher.publish(None, events)
         return JSONResponse(
-            {"status": "accepted", "results": [
-                {"event_id": e.event_id, "status": "accepted"} for e in events
-            ]},
+            {
+                "status": "accepted",
+                "results": [{"event_id": e.event_id, "status": "accepted"} for e in events],
+            },
             status_code=202,
         )
 

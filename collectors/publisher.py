@@ -46,9 +46,7 @@ class RawDelivery:
 
 
 class Publisher(Protocol):
-    async def publish(
-        self, raw: RawDelivery | None, events: Sequence[CanonicalEvent]
-    ) -> None: ...
+    async def publish(self, raw: RawDelivery | None, events: Sequence[CanonicalEvent]) -> None: ...
 
     async def dead_letter(self, raw: RawDelivery, reason: str) -> None: ...
 
@@ -81,8 +79,6 @@ class KafkaPublisher:
     async def dead_letter(self, raw: RawDelivery, reason: str) -> None:
         value = orjson.dumps({"reason": reason, "raw": orjson.Fragment(raw.to_json())})
         try:
-            await self.producer.send_and_wait(
-                self.topics.dlq, value, key=raw.delivery_id.encode()
-            )
+            await self.producer.send_and_wait(self.topics.dlq, value, key=raw.delivery_id.encode())
         except KafkaError as exc:
             raise NotDurable(f"broker did not acknowledge: {exc!r}") from exc

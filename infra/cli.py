@@ -1,12 +1,12 @@
 """The ``flowmetrics`` command line.
 
-    flowmetrics up        collectors + processor + API in one process (embedded
-                          broker/PostgreSQL when FLOW_KAFKA_BOOTSTRAP /
-                          FLOW_DATABASE_URL are unset)
-    flowmetrics demo      ``up`` + a synthetic dataset through the real webhooks,
-                          then the headline numbers (DEMO_EXIT=1: exit after)
-    flowmetrics migrate   schema and topics
-    flowmetrics collect | process | serve   one service each, for production
+flowmetrics up        collectors + processor + API in one process (embedded
+                      broker/PostgreSQL when FLOW_KAFKA_BOOTSTRAP /
+                      FLOW_DATABASE_URL are unset)
+flowmetrics demo      ``up`` + a synthetic dataset through the real webhooks,
+                      then the headline numbers (DEMO_EXIT=1: exit after)
+flowmetrics migrate   schema and topics
+flowmetrics collect | process | serve   one service each, for production
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import secrets
 import shutil
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -82,21 +82,22 @@ async def run_services(
     ends: Endpoints,
     services: list[Service],
     stop: asyncio.Event,
-    after_start: Callable[[], Awaitable[None]] | None = None,
+    after_start: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
-    tasks = [asyncio.create_task(s(settings, ends, stop)) for s in services]
+    tasks: list[asyncio.Task[None]] = [
+        asyncio.create_task(_as_coroutine(s(settings, ends, stop))) for s in services
+    ]
     try:
         if after_start is not None:
             helper = asyncio.create_task(after_start())
-            done, _ = await asyncio.wait(
-                [helper, *tasks], return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait([helper, *tasks], return_when=asyncio.FIRST_COMPLETED)
             if helper not in done:
                 stop.set()
             else:
                 helper.result()
-        await asyncio.wait([*tasks, asyncio.create_task(stop.wait())],
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         stop.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -105,9 +106,17 @@ async def run_services(
                 log.error("service_failed", error=repr(result))
 
 
-def _run(settings: Settings, services: list[Service], *, embedded_ok: bool = True,
-         after_start: Callable[[Settings, Endpoints, asyncio.Event], Awaitable[None]] | None = None
-         ) -> None:
+async def _as_coroutine(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+def _run(
+    settings: Settings,
+    services: list[Service],
+    *,
+    embedded_ok: bool = True,
+    after_start: Callable[[Settings, Endpoints, asyncio.Event], Awaitable[None]] | None = None,
+) -> None:
     with backends(settings, embedded_ok=embedded_ok) as ends:
 
         async def main() -> None:
@@ -116,8 +125,10 @@ def _run(settings: Settings, services: list[Service], *, embedded_ok: bool = Tru
             await prepare(settings, ends)
             hook = None
             if after_start is not None:
-                def hook() -> Awaitable[None]:
-                    return after_start(settings, ends, stop)
+
+                async def hook() -> None:
+                    await after_start(settings, ends, stop)
+
             await run_services(settings, ends, services, stop, hook)
 
         asyncio.run(main())
@@ -154,8 +165,11 @@ def cmd_demo(settings: Settings) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowmetrics", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="flowmetrics",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("up", "run collectors, processor and API in one process"),

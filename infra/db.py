@@ -54,7 +54,9 @@ def timescaledb_enabled(conn: psycopg.Connection[Any]) -> bool:
     return row is not None
 
 
-def make_pool(dsn: str, *, min_size: int = 1, max_size: int = 8, **kwargs: Any) -> AsyncConnectionPool:
+def make_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 8, **kwargs: Any
+) -> AsyncConnectionPool:
     return AsyncConnectionPool(
         libpq_dsn(dsn), min_size=min_size, max_size=max_size, open=False, **kwargs
     )

@@ -47,8 +47,10 @@ async def post_jira_dataset(settings: Settings, collector: httpx.AsyncClient) ->
     async def post(delivery_id: str, body: dict[str, Any]) -> None:
         nonlocal sent
         raw = orjson.dumps(body)
-        headers = {"content-type": "application/json",
-                   "x-atlassian-webhook-identifier": delivery_id}
+        headers = {
+            "content-type": "application/json",
+            "x-atlassian-webhook-identifier": delivery_id,
+        }
         if secret is not None:
             headers["x-hub-signature"] = sign(secret.get_secret_value(), raw)
         async with semaphore:
@@ -69,7 +71,8 @@ async def _processor_idle(api: httpx.AsyncClient, stable_for: float = 1.0) -> No
     while time.monotonic() < deadline:
         text = (await api.get("/metrics")).text
         folded = sum(
-            float(line.split()[-1]) for line in text.splitlines()
+            float(line.split()[-1])
+            for line in text.splitlines()
             if line.startswith("flowmetrics_events_folded_total")
         )
         if folded != last:
@@ -86,8 +89,10 @@ def _fmt(value: Any) -> str:
 
 async def headline(api: httpx.AsyncClient) -> list[str]:
     lines = ["", "Flow metrics, last 30 days (from GET /api/v1/metrics)", ""]
-    lines.append(f"{'team':<8}{'throughput':>11}{'WIP':>6}"
-                 f"{'cycle p50 h':>13}{'p85 h':>9}{'p95 h':>9}{'lead p50 h':>12}")
+    lines.append(
+        f"{'team':<8}{'throughput':>11}{'WIP':>6}"
+        f"{'cycle p50 h':>13}{'p85 h':>9}{'p95 h':>9}{'lead p50 h':>12}"
+    )
     for team in (None, "PAY", "WEB", "OPS"):
         params = {"team": team} if team else {}
         m = (await api.get("/api/v1/metrics", params=params)).json()
@@ -110,8 +115,10 @@ async def run_demo(settings: Settings, ends: Endpoints) -> None:
         await _wait(lambda: _up(api, "/ready"), 60, "the API")
         started = time.monotonic()
         sent = await post_jira_dataset(settings, collector)
-        print(f"demo: posted {sent} signed Jira webhooks in {time.monotonic() - started:.1f}s",
-              flush=True)
+        print(
+            f"demo: posted {sent} signed Jira webhooks in {time.monotonic() - started:.1f}s",
+            flush=True,
+        )
         await _processor_idle(api)
         lines = await headline(api)
         for report in REPORTS:

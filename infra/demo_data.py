@@ -41,8 +41,9 @@ def _jira_time(at: datetime) -> str:
 
 
 class JiraDemoIssue:
-    def __init__(self, issue_id: int, project: str, number: int, item_type: str,
-                 created: datetime) -> None:
+    def __init__(
+        self, issue_id: int, project: str, number: int, item_type: str, created: datetime
+    ) -> None:
         self.issue_id = str(issue_id)
         self.key = f"{project}-{number}"
         self.project = project
@@ -77,10 +78,19 @@ class JiraDemoIssue:
                 "issue_event_type_name": "issue_created",
                 "timestamp": _ms(self.created),
                 "issue": self._issue(),
-                "changelog": {"id": f"{self.issue_id}000", "items": [
-                    {"field": "status", "fieldtype": "jira", "from": None, "fromString": None,
-                     "to": "1", "toString": self.status[0]}
-                ]},
+                "changelog": {
+                    "id": f"{self.issue_id}000",
+                    "items": [
+                        {
+                            "field": "status",
+                            "fieldtype": "jira",
+                            "from": None,
+                            "fromString": None,
+                            "to": "1",
+                            "toString": self.status[0],
+                        }
+                    ],
+                },
             },
         )
 
@@ -96,10 +106,19 @@ class JiraDemoIssue:
                 "issue_event_type_name": "issue_generic",
                 "timestamp": _ms(at),
                 "issue": self._issue(),
-                "changelog": {"id": history_id, "items": [
-                    {"field": "status", "fieldtype": "jira", "from": "1",
-                     "fromString": previous[0], "to": "2", "toString": to[0]}
-                ]},
+                "changelog": {
+                    "id": history_id,
+                    "items": [
+                        {
+                            "field": "status",
+                            "fieldtype": "jira",
+                            "from": "1",
+                            "fromString": previous[0],
+                            "to": "2",
+                            "toString": to[0],
+                        }
+                    ],
+                },
             },
         )
 

@@ -8,6 +8,8 @@ each on its own (``flowmetrics collect | process | serve``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,12 +55,21 @@ def projections(settings: Settings, stages: StageConfig) -> list[Projection]:
     return [WorkItemsProjection(stages)]
 
 
+class _EmbeddableServer(uvicorn.Server):
+    """A uvicorn server that leaves signals alone: the CLI owns SIGINT/SIGTERM and
+    stops every service of the process together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve_app(app: FastAPI, host: str, port: int, stop: asyncio.Event) -> None:
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                       lifespan="on")
+    server = _EmbeddableServer(
+        uvicorn.Config(
+            app, host=host, port=port, log_config=None, access_log=False, lifespan="on"
+        )
     )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -71,6 +82,7 @@ async def run_collectors(settings: Settings, ends: Endpoints, stop: asyncio.Even
     producer = make_producer(ends.kafka_bootstrap, idempotent=settings.kafka_idempotent_producer)
     await producer.start()
     try:
+
         def secret(value: Any) -> str | None:
             return value.get_secret_value() if value is not None else None
 

@@ -168,7 +168,9 @@ class Processor:
                 max(high - position, 0)
             )
 
-    async def handle(self, records: list[ConsumerRecord[bytes, bytes]], stop: asyncio.Event) -> None:
+    async def handle(
+        self, records: list[ConsumerRecord[bytes, bytes]], stop: asyncio.Event
+    ) -> None:
         decoded, dead = decode(records)
         with BATCH_SECONDS.time():
             dead.extend(await self._fold_with_retry([d.event for d in decoded], decoded, stop))

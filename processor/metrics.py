@@ -5,7 +5,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_FOLDED = Counter("flowmetrics_events_folded_total", "Canonical events decoded and folded")
-EVENTS_DEAD = Counter("flowmetrics_events_dead_lettered_total", "Events sent to the dead-letter topic")
+EVENTS_DEAD = Counter(
+    "flowmetrics_events_dead_lettered_total", "Events sent to the dead-letter topic"
+)
 BATCH_SECONDS = Histogram(
     "flowmetrics_fold_batch_seconds",
     "Time to fold one batch in one transaction",

@@ -35,9 +35,7 @@ def _columns(row_type: type[Any]) -> str:
 
 class WorkItemsProjection:
     name = "work_items"
-    event_types = frozenset(
-        {"work_item.upserted", "work_item.transitioned", "work_item.deleted"}
-    )
+    event_types = frozenset({"work_item.upserted", "work_item.transitioned", "work_item.deleted"})
 
     def __init__(self, stages: StageConfig) -> None:
         self.stages = stages
@@ -77,6 +75,4 @@ async def replace_rows(
                 continue
             async with cur.copy(f"copy {table} ({_columns(row_type)}) from stdin") as copy:
                 for row in rows[table]:
-                    await copy.write_row(
-                        [list(v) if isinstance(v, tuple) else v for v in row]
-                    )
+                    await copy.write_row([list(v) if isinstance(v, tuple) else v for v in row])

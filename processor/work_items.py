@@ -167,10 +167,16 @@ def fold_work_item(
         if first.from_status is not None:
             origin = created_at if created_at and created_at < first.occurred_at else None
             if origin is not None:
-                steps.append(_Step(origin, stage_of(first.from_status, None, None), first.from_status))
+                steps.append(
+                    _Step(origin, stage_of(first.from_status, None, None), first.from_status)
+                )
     elif latest is not None and latest.status is not None:
         steps.append(
-            _Step(latest.created_at, stage_of(latest.status, latest.status_category, None), latest.status)
+            _Step(
+                latest.created_at,
+                stage_of(latest.status, latest.status_category, None),
+                latest.status,
+            )
         )
     transitions: list[TransitionRow] = []
     previous_stage = steps[-1].stage if steps else None

@@ -18,8 +18,8 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -73,8 +73,9 @@ def template_database(pg_server_dsn: str) -> Iterator[str]:
         yield name
     finally:
         with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop database if exists {} with (force)").format(
-                sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
 
 
 @pytest.fixture
@@ -91,8 +92,9 @@ def db_dsn(pg_server_dsn: str, template_database: str) -> Iterator[str]:
         yield _with_database(pg_server_dsn, name)
     finally:
         with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop database if exists {} with (force)").format(
-                sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
 
 
 @pytest.fixture(scope="session")

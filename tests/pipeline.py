@@ -56,7 +56,10 @@ class Pipeline:
     delivery_seq: int = field(default=0)
 
     async def post_jira(
-        self, body: bytes | dict[str, Any], *, delivery_id: str | None = None,
+        self,
+        body: bytes | dict[str, Any],
+        *,
+        delivery_id: str | None = None,
         secret: str | None = JIRA_SECRET,
     ) -> httpx.Response:
         raw = body if isinstance(body, bytes) else orjson.dumps(body)
@@ -68,7 +71,11 @@ class Pipeline:
         return await self.collector.post("/webhooks/jira", content=raw, headers=headers)
 
     async def post_github(
-        self, event: str, body: bytes | dict[str, Any], *, delivery_id: str | None = None,
+        self,
+        event: str,
+        body: bytes | dict[str, Any],
+        *,
+        delivery_id: str | None = None,
         secret: str | None = GITHUB_SECRET,
     ) -> httpx.Response:
         raw = body if isinstance(body, bytes) else orjson.dumps(body)
@@ -85,13 +92,16 @@ class Pipeline:
     async def settle(self, timeout: float = 30.0) -> None:
         """Wait until the processor has committed every record on the events topic."""
         await wait_for_group_caught_up(
-            self.ends.kafka_bootstrap, self.settings.consumer_group, self.topics.events,
+            self.ends.kafka_bootstrap,
+            self.settings.consumer_group,
+            self.topics.events,
             timeout=timeout,
         )
 
     async def get(self, path: str, **params: Any) -> Any:
-        response = await self.api.get(path, params={k: v for k, v in params.items()
-                                                    if v is not None})
+        response = await self.api.get(
+            path, params={k: v for k, v in params.items() if v is not None}
+        )
         assert response.status_code == 200, (path, response.status_code, response.text)
         return response.json()
 

@@ -90,7 +90,10 @@ async def test_server_sequence_with_a_gap_reopen_and_redo(pipeline: Pipeline) ->
     assert m["cycle_time_hours"]["p50"] == pytest.approx(104_014.778 / 3600, abs=1e-4)
     history = await pipeline.get("/api/v1/work-items/TES-4/history")
     assert [t["to_stage"] for t in history["transitions"]] == [
-        "Production", "Backlog", "Development", "Production"
+        "Production",
+        "Backlog",
+        "Development",
+        "Production",
     ]
     assert history["item"]["completed_at"].startswith("2019-08-14T03:07:58.358")
 
@@ -142,14 +145,17 @@ async def test_any_permutation_and_duplication_gives_the_same_numbers(
     pipeline: Pipeline,
 ) -> None:
     """Twelve orderings (with duplicates) of one issue's deliveries fold to identical rows."""
-    base = [load_fixture(f) for f in [*TES41, TES41_REOPEN,
-                                      "jira/issue_updated/cloud_TES-41_issuetype_changed.json"]]
+    base = [
+        load_fixture(f)
+        for f in [*TES41, TES41_REOPEN, "jira/issue_updated/cloud_TES-41_issuetype_changed.json"]
+    ]
     # TES-41 redone after the reopen, so it ends completed.
     redo = copy.deepcopy(load_fixture(TES41[2]))
     redo["timestamp"] += 10 * 60 * 1000
     redo["changelog"]["id"] = "99999"
-    redo["changelog"]["items"] = [{**i, "fromString": "To Do"}
-                                  for i in redo["changelog"]["items"] if i["field"] == "status"]
+    redo["changelog"]["items"] = [
+        {**i, "fromString": "To Do"} for i in redo["changelog"]["items"] if i["field"] == "status"
+    ]
     base.append(redo)
     rng = random.Random(20261122)
     orders = [list(range(len(base)))]

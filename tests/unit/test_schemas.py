@@ -17,9 +17,15 @@ NOW = datetime(2026, 1, 5, 12, tzinfo=UTC).isoformat()
 
 def transition(**overrides: object) -> dict[str, object]:
     body: dict[str, object] = {
-        "type": "work_item.transitioned", "event_id": "e1", "source": "jira",
-        "occurred_at": NOW, "received_at": NOW, "key": "jira:1", "item_id": "jira:1",
-        "from_status": "To Do", "to_status": "In Progress",
+        "type": "work_item.transitioned",
+        "event_id": "e1",
+        "source": "jira",
+        "occurred_at": NOW,
+        "received_at": NOW,
+        "key": "jira:1",
+        "item_id": "jira:1",
+        "from_status": "To Do",
+        "to_status": "In Progress",
     }
     body.update(overrides)
     return body

@@ -35,28 +35,52 @@ class ItemEvents:
     def created(self, at: float, status: str = "To Do", **fields: object) -> list[WorkItemEvent]:
         return [
             WorkItemUpserted(
-                event_id=self._next(), source="jira", occurred_at=h(at), received_at=h(at),
-                key=self.item_id, item_id=self.item_id, display_key="PAY-1",
-                team=self.team, project=self.team, item_type=str(fields.get("item_type", "Story")),
-                status=status, created_at=h(at),
+                event_id=self._next(),
+                source="jira",
+                occurred_at=h(at),
+                received_at=h(at),
+                key=self.item_id,
+                item_id=self.item_id,
+                display_key="PAY-1",
+                team=self.team,
+                project=self.team,
+                item_type=str(fields.get("item_type", "Story")),
+                status=status,
+                created_at=h(at),
             ),
             WorkItemTransitioned(
-                event_id=self._next(), source="jira", occurred_at=h(at), received_at=h(at),
-                key=self.item_id, item_id=self.item_id, from_status=None, to_status=status,
+                event_id=self._next(),
+                source="jira",
+                occurred_at=h(at),
+                received_at=h(at),
+                key=self.item_id,
+                item_id=self.item_id,
+                from_status=None,
+                to_status=status,
             ),
         ]
 
     def moved(self, at: float, from_status: str, to_status: str, **kw: object) -> WorkItemEvent:
         return WorkItemTransitioned(
-            event_id=self._next(), source="jira", occurred_at=h(at), received_at=h(at),
-            key=self.item_id, item_id=self.item_id, from_status=from_status,
-            to_status=to_status, to_stage=kw.get("to_stage"),  # type: ignore[arg-type]
+            event_id=self._next(),
+            source="jira",
+            occurred_at=h(at),
+            received_at=h(at),
+            key=self.item_id,
+            item_id=self.item_id,
+            from_status=from_status,
+            to_status=to_status,
+            to_stage=kw.get("to_stage"),  # type: ignore[arg-type]
         )
 
     def deleted(self, at: float) -> WorkItemEvent:
         return WorkItemDeleted(
-            event_id=self._next(), source="jira", occurred_at=h(at), received_at=h(at),
-            key=self.item_id, item_id=self.item_id,
+            event_id=self._next(),
+            source="jira",
+            occurred_at=h(at),
+            received_at=h(at),
+            key=self.item_id,
+            item_id=self.item_id,
         )
 
 
@@ -67,8 +91,14 @@ def fold(events: list[WorkItemEvent]):  # type: ignore[no-untyped-def]
 def test_cycle_time_runs_from_first_start_to_done() -> None:
     """Cycle time = first entry into Development (or later) → final entry into Production."""
     e = ItemEvents()
-    p = fold([*e.created(0), e.moved(10, "To Do", "In Progress"),
-              e.moved(30, "In Progress", "In Review"), e.moved(34, "In Review", "Done")])
+    p = fold(
+        [
+            *e.created(0),
+            e.moved(10, "To Do", "In Progress"),
+            e.moved(30, "In Progress", "In Review"),
+            e.moved(34, "In Review", "Done"),
+        ]
+    )
     assert p.completion is not None
     assert p.completion.cycle_time_s == 24 * 3600
     assert p.completion.lead_time_s == 34 * 3600
@@ -78,8 +108,15 @@ def test_cycle_time_runs_from_first_start_to_done() -> None:
 def test_reopen_and_redo_counts_the_final_completion() -> None:
     """An item done, reopened and done again completes at the last done."""
     e = ItemEvents()
-    p = fold([*e.created(0), e.moved(1, "To Do", "In Progress"), e.moved(5, "In Progress", "Done"),
-              e.moved(6, "Done", "In Progress"), e.moved(9, "In Progress", "Done")])
+    p = fold(
+        [
+            *e.created(0),
+            e.moved(1, "To Do", "In Progress"),
+            e.moved(5, "In Progress", "Done"),
+            e.moved(6, "Done", "In Progress"),
+            e.moved(9, "In Progress", "Done"),
+        ]
+    )
     assert p.completion is not None
     assert p.completion.completed_at == h(9)
     assert p.completion.started_at == h(1)
@@ -88,8 +125,14 @@ def test_reopen_and_redo_counts_the_final_completion() -> None:
 def test_reopened_and_not_redone_is_wip_again() -> None:
     """Reopened into To Do after Done: no completion, and WIP (it was started)."""
     e = ItemEvents()
-    p = fold([*e.created(0), e.moved(1, "To Do", "In Progress"), e.moved(5, "In Progress", "Done"),
-              e.moved(6, "Done", "To Do")])
+    p = fold(
+        [
+            *e.created(0),
+            e.moved(1, "To Do", "In Progress"),
+            e.moved(5, "In Progress", "Done"),
+            e.moved(6, "Done", "To Do"),
+        ]
+    )
     assert p.completion is None
     assert p.item is not None and p.item.flow_state == "wip"
     assert p.intervals[-1].flow_state == "wip" and p.intervals[-1].stage == "Backlog"
@@ -127,8 +170,13 @@ def test_deleted_item_leaves_no_rows() -> None:
 def test_removed_is_neither_wip_nor_done() -> None:
     """A discarded item (e.g. a PR closed unmerged) leaves the flow."""
     e = ItemEvents()
-    p = fold([*e.created(0), e.moved(1, "To Do", "In Progress"),
-              e.moved(2, "In Progress", "closed", to_stage="Removed")])
+    p = fold(
+        [
+            *e.created(0),
+            e.moved(1, "To Do", "In Progress"),
+            e.moved(2, "In Progress", "closed", to_stage="Removed"),
+        ]
+    )
     assert p.item is not None and p.item.flow_state == "removed"
     assert p.completion is None
 
@@ -136,8 +184,14 @@ def test_removed_is_neither_wip_nor_done() -> None:
 def test_stays_in_one_stage_are_merged() -> None:
     """In Review → QA are both Testing: one stay, time summed."""
     e = ItemEvents()
-    p = fold([*e.created(0), e.moved(1, "To Do", "In Review"), e.moved(2, "In Review", "QA"),
-              e.moved(4, "QA", "Done")])
+    p = fold(
+        [
+            *e.created(0),
+            e.moved(1, "To Do", "In Review"),
+            e.moved(2, "In Review", "QA"),
+            e.moved(4, "QA", "Done"),
+        ]
+    )
     testing = [i for i in p.intervals if i.stage == "Testing"]
     assert len(testing) == 1 and testing[0].exited_at == h(4)
 
@@ -160,9 +214,14 @@ def test_transitions_before_the_upsert_still_fold() -> None:
 
 def _history() -> list[WorkItemEvent]:
     e = ItemEvents()
-    return [*e.created(0), e.moved(1, "To Do", "In Progress"), e.moved(3, "In Progress", "Done"),
-            e.moved(4, "Done", "To Do"), e.moved(6, "To Do", "In Review"),
-            e.moved(8, "In Review", "Done")]
+    return [
+        *e.created(0),
+        e.moved(1, "To Do", "In Progress"),
+        e.moved(3, "In Progress", "Done"),
+        e.moved(4, "Done", "To Do"),
+        e.moved(6, "To Do", "In Review"),
+        e.moved(8, "In Review", "Done"),
+    ]
 
 
 @settings(max_examples=200, deadline=None)
