@@ -10,17 +10,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.deps import AppState
+from api.prometheus import FlowGauges
 from api.routes_flow import router as flow_router
 from api.routes_work_items import router as work_items_router
 from processor.stages import StageConfig
+
+log = structlog.get_logger("api")
 
 REQUESTS = Counter("flowmetrics_api_requests_total", "API requests", ["method", "route", "status"])
 
@@ -90,9 +94,19 @@ def create_api_app(pool: AsyncConnectionPool, stages: StageConfig, **state: Any)
             return JSONResponse({"ready": False, "reason": str(exc)}, status_code=503)
         return JSONResponse({"ready": True})
 
+    flow_registry = CollectorRegistry()
+    gauges = FlowGauges(flow_registry)
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest()
+        try:
+            async with pool.connection(timeout=2) as conn:
+                await gauges.refresh(conn)
+            body += generate_latest(flow_registry)
+        except Exception as exc:  # a scrape must not fail because the database is away
+            log.warning("flow_gauges_unavailable", error=str(exc))
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return app
 
