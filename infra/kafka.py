@@ -40,6 +40,9 @@ def make_producer(bootstrap: str, *, idempotent: bool = True, **kwargs: Any) -> 
         "acks": "all",
         "enable_idempotence": idempotent,
         "linger_ms": 5,
+        # A raw record wraps a webhook body of up to 1 MiB with its headers; the
+        # raw and DLQ topics accept 4 MiB records (infra/topic_config.py).
+        "max_request_size": 4 * 1024 * 1024,
         "request_timeout_ms": 10_000,
         "compression_type": None,
     }

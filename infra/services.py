@@ -16,8 +16,11 @@ from typing import Any
 import structlog
 import uvicorn
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.app import create_api_app
+from api.auth import ApiKeyAuth, RateLimiter, SqlKeyStore
 from api.deps import configure_read_only
 from collectors.app import CollectorConfig, create_collector_app
 from collectors.github import GitHubMapping
@@ -26,6 +29,8 @@ from infra.db import make_pool
 from infra.kafka import make_consumer, make_producer
 from infra.settings import Settings
 from processor.consumer import Processor
+from processor.dora import load_dora_config
+from processor.dora_store import DoraProjection
 from processor.projections import Projection, ProjectionRegistry
 from processor.stages import StageConfig, load_stage_config
 from processor.work_item_store import WorkItemsProjection
@@ -52,7 +57,7 @@ def stage_config(settings: Settings) -> StageConfig:
 
 def projections(settings: Settings, stages: StageConfig) -> list[Projection]:
     """Every projection the processor folds into; a new domain registers here."""
-    return [WorkItemsProjection(stages)]
+    return [WorkItemsProjection(stages), DoraProjection(load_dora_config(settings.dora_file))]
 
 
 class _EmbeddableServer(uvicorn.Server):
@@ -66,9 +71,7 @@ class _EmbeddableServer(uvicorn.Server):
 
 async def serve_app(app: FastAPI, host: str, port: int, stop: asyncio.Event) -> None:
     server = _EmbeddableServer(
-        uvicorn.Config(
-            app, host=host, port=port, log_config=None, access_log=False, lifespan="on"
-        )
+        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
     )
     task = asyncio.create_task(server.serve())
     stopper = asyncio.create_task(stop.wait())
@@ -130,15 +133,53 @@ async def run_processor(settings: Settings, ends: Endpoints, stop: asyncio.Event
             poll_ms=settings.processor_poll_ms,
         )
         log.info("processor_consuming", topic=topics.events, group=settings.consumer_group)
-        await processor.run(stop)
+        work = [processor.run(stop)]
+        if settings.processor_metrics_port:
+            work.append(
+                serve_app(
+                    processor_status_app(processor),
+                    settings.processor_metrics_host,
+                    settings.processor_metrics_port,
+                    stop,
+                )
+            )
+        await asyncio.gather(*work)
     finally:
         await consumer.stop()
         await producer.stop()
 
 
+def processor_status_app(processor: Processor) -> FastAPI:
+    """Liveness, readiness (partitions assigned) and Prometheus for one processor."""
+    app = FastAPI(title="flowmetrics processor", docs_url=None, redoc_url=None)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        assigned = len(processor.consumer.assignment())
+        body = {"ready": assigned > 0, "partitions": assigned, "batches": processor.batches}
+        return JSONResponse(body, status_code=200 if assigned else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
 def build_api(settings: Settings, ends: Endpoints) -> FastAPI:
-    pool = make_pool(ends.database_url, configure=configure_read_only)
-    return create_api_app(pool, stage_config(settings), settings=settings)
+    # The read-only role when configured (FLOW_API_DATABASE_URL), else the shared DSN;
+    # either way every pooled connection is read-only.
+    pool = make_pool(settings.api_database_url or ends.database_url, configure=configure_read_only)
+    auth = None
+    if settings.api_auth_required:
+        auth = ApiKeyAuth(
+            SqlKeyStore(pool), RateLimiter(settings.api_rate_limit, settings.api_rate_burst)
+        )
+    return create_api_app(pool, stage_config(settings), auth=auth, settings=settings)
 
 
 async def run_api(settings: Settings, ends: Endpoints, stop: asyncio.Event) -> None:

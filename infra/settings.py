@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +38,15 @@ class Settings(BaseSettings):
     collector_port: int = 8080
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # The API's own DSN, as the read-only role ``flowmetrics_api`` (migration
+    # 0006); empty means it shares ``database_url``.
+    api_database_url: str = ""
+    # Bearer API keys on /api/v1; unset means on in production, off in development.
+    api_auth: bool | None = None
+    # Per key: a token bucket refilled at ``api_rate_limit`` requests/s, holding
+    # at most ``api_rate_burst``.
+    api_rate_limit: float = Field(default=10.0, gt=0)
+    api_rate_burst: int = Field(default=40, ge=1)
 
     jira_webhook_secret: SecretStr | None = None
     github_webhook_secret: SecretStr | None = None
@@ -50,11 +60,57 @@ class Settings(BaseSettings):
     stages_file: Path | None = None
     dora_file: Path | None = None
 
+    # /health, /ready and /metrics of a standalone processor (0: none). In
+    # `flowmetrics up` the API's /metrics already carries the processor's counters.
+    processor_metrics_port: int = 0
+    processor_metrics_host: str = "127.0.0.1"
     processor_batch_max: int = 5000
     processor_poll_ms: int = 200
 
+    # --- API backfill and reconcile (flowmetrics backfill | reconcile) ----------
+    # Jira: the site URL; Cloud authenticates with e-mail + API token, Data
+    # Center with a personal access token. "auto": Data Center when a PAT is
+    # set, else Cloud.
+    jira_base_url: str = ""
+    jira_email: str = ""
+    jira_api_token: SecretStr | None = None
+    jira_pat: SecretStr | None = None
+    jira_api: Literal["auto", "cloud", "datacenter"] = "auto"
+    # GitHub: a token, or a GitHub App (id + PEM private key + installation id).
+    github_api_url: str = "https://api.github.com"
+    github_token: SecretStr | None = None
+    github_app_id: str = ""
+    github_app_installation_id: str = ""
+    github_app_private_key: SecretStr | None = None
+    # What `flowmetrics reconcile` walks: comma-separated Jira project keys and
+    # GitHub owner/name repositories.
+    reconcile_jira_projects: str = ""
+    reconcile_github_repos: str = ""
+    reconcile_first_days: int = Field(default=30, ge=1)  # a scope without a cursor
+    backfill_page_size: int = Field(default=100, ge=1, le=100)
+    backfill_concurrency: int = Field(default=8, ge=1, le=64)
+    backfill_overlap_s: float = Field(default=300.0, ge=0)  # re-read before the watermark
+    backfill_max_retries: int = Field(default=6, ge=0)  # 5xx/network, per request
+    backfill_backoff_base_s: float = Field(default=1.0, gt=0)
+    backfill_max_sleep_s: float = Field(default=3600.0, gt=0)  # cap on any single wait
+    backfill_timeout_s: float = Field(default=30.0, gt=0)
+
     log_level: str = "INFO"
     log_json: bool = True
+
+    @property
+    def api_auth_required(self) -> bool:
+        return self.api_auth if self.api_auth is not None else self.env == "production"
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for the log redaction to scrub verbatim."""
+        values = [
+            s.get_secret_value()
+            for s in (self.jira_webhook_secret, self.github_webhook_secret, self.ingest_token)
+            if s is not None
+        ]
+        values += [_url_password(u) for u in (self.database_url, self.api_database_url)]
+        return [v for v in values if v]
 
     @model_validator(mode="after")
     def _refuse_unsigned_in_production(self) -> Settings:
@@ -75,3 +131,10 @@ class Settings(BaseSettings):
                     + " (or FLOW_ALLOW_UNSIGNED=1, or FLOW_ENV=development)"
                 )
         return self
+
+
+def _url_password(url: str) -> str:
+    try:
+        return urlsplit(url).password or ""
+    except ValueError:
+        return ""
