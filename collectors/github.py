@@ -85,13 +85,17 @@ class GitHubMapping:
 
     incident_label: str = "incident"
     # workflow_run names (or, when the run has none, workflow names) that deploy.
-    deploy_workflow_pattern: str = r"(?i)deploy"
+    # Off by default: a broad default such as "deploy" also matches GitHub's own
+    # "pages build and deployment" run, and a workflow that creates a GitHub
+    # deployment would be counted twice (its run and its deployment_status).
+    deploy_workflow_pattern: str | None = None
     workflow_environment: str = "production"
     # repository full_name → service; unmapped repositories are their own service.
     service_for_repo: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        re.compile(self.deploy_workflow_pattern)  # a bad pattern fails at start-up
+        if self.deploy_workflow_pattern is not None:
+            re.compile(self.deploy_workflow_pattern)  # a bad pattern fails at start-up
 
     def service(self, repo: str) -> str:
         return self.service_for_repo.get(repo, repo)
@@ -280,11 +284,18 @@ def _push(d: _Delivery) -> GitHubNormalized:
         return _ignore(f"push to {branch} carries no commits")
     before = d.body.opt_text("before")
     before_sha = None if before in (None, _ZERO_SHA) else before
-    return _emit(*(_commit(d, c, branch, after, before_sha) for c in commits))
+    # After a force push `before` is the replaced head, not an ancestor.
+    forced = d.body.flag("forced")
+    return _emit(*(_commit(d, c, branch, after, before_sha, forced) for c in commits))
 
 
 def _commit(
-    d: _Delivery, commit: _Fields, branch: str, head_sha: str, before_sha: str | None
+    d: _Delivery,
+    commit: _Fields,
+    branch: str,
+    head_sha: str,
+    before_sha: str | None,
+    forced: bool,
 ) -> ChangeCommitted:
     sha = commit.text("id")
     author, committer = commit.opt_obj("author"), commit.opt_obj("committer")
@@ -305,6 +316,7 @@ def _commit(
         branch=branch,
         head_sha=head_sha,
         before_sha=before_sha,
+        forced=forced,
         author=(author.opt_text("username") or author.opt_text("name")) if author else None,
         message=commit.opt_text("message") or "",
     )
@@ -513,7 +525,10 @@ def _workflow_run(d: _Delivery) -> GitHubNormalized:
         return _ignore(f"workflow_run {d.action!r}: only completed runs are deployments")
     run, workflow = d.body.obj("workflow_run"), d.body.opt_obj("workflow")
     name = run.opt_text("name") or (workflow.opt_text("name") if workflow else None) or ""
-    if not re.search(d.mapping.deploy_workflow_pattern, name):
+    pattern = d.mapping.deploy_workflow_pattern
+    if pattern is None:
+        return _ignore("workflow runs are not deployments (no deploy workflow pattern is set)")
+    if not re.search(pattern, name):
         return _ignore(f"workflow {name!r} does not match the deploy workflow pattern")
     conclusion = run.opt_text("conclusion")
     if conclusion != "success" and conclusion not in _RUN_FAILED:

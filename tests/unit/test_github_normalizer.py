@@ -251,6 +251,14 @@ def test_push_creating_a_branch_has_no_before_sha(deliver: Deliver) -> None:
     assert event.head_sha == "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
 
 
+@pytest.mark.parametrize("forced", [True, False])
+def test_force_push_is_flagged(deliver: Deliver, forced: bool) -> None:
+    """A force push's commits say so: its before_sha is the replaced head, not an ancestor."""
+    event = only(deliver("push/branch_push", set_path("forced", forced)))
+    assert event.forced is forced
+    assert event.before_sha == "8aa4a0db754acb83d8262d4bd4d028f9625fa8e3"
+
+
 def test_push_with_several_commits_gives_several_events(deliver: Deliver) -> None:
     """Each commit of a push becomes its own change.committed with its own id."""
 
@@ -585,9 +593,21 @@ def test_deployment_missing_fields_are_named(deliver: Deliver, fixture: str, pat
 TEST_WORKFLOW = GitHubMapping(deploy_workflow_pattern=r"^test$")
 
 
+def test_workflow_runs_are_no_deployments_by_default(deliver: Deliver) -> None:
+    """Without a configured deploy workflow pattern no run is a deployment (no double count
+    with deployment_status, no GitHub Pages builds)."""
+    edit = set_path("workflow_run.name", "pages build and deployment")
+    result = deliver("workflow_run/completed", edit)
+    assert result.events == ()
+    assert result.ignored == (
+        "workflow runs are not deployments (no deploy workflow pattern is set)"
+    )
+
+
 def test_workflow_not_matching_the_pattern_is_ignored(deliver: Deliver) -> None:
     """A completed run of a workflow whose name does not match is no deployment."""
-    result = deliver("workflow_run/completed")
+    mapping = GitHubMapping(deploy_workflow_pattern=r"(?i)deploy")
+    result = deliver("workflow_run/completed", mapping=mapping)
     assert result.events == ()
     assert result.ignored == "workflow 'test' does not match the deploy workflow pattern"
 
@@ -604,10 +624,11 @@ def test_matching_completed_run_is_a_deployment(deliver: Deliver) -> None:
     assert event.url == "https://github.com/octo-org/octo-repo/actions/runs/289782451"
 
 
-def test_run_name_is_matched_by_the_default_pattern(deliver: Deliver) -> None:
-    """The run's own name matches first; the default pattern is (?i)deploy."""
+def test_run_name_is_matched_by_the_configured_pattern(deliver: Deliver) -> None:
+    """The run's own name is what the configured pattern matches."""
+    mapping = GitHubMapping(deploy_workflow_pattern=r"(?i)^deploy")
     edit = set_path("workflow_run.name", "Deploy to production")
-    event = only(deliver("workflow_run/completed_with_pull_requests", edit))
+    event = only(deliver("workflow_run/completed_with_pull_requests", edit, mapping=mapping))
     assert event.status == "success"
 
 

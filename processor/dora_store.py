@@ -1,0 +1,172 @@
+"""SQL adapter of the DORA projection: find the services an event batch touches,
+load their history, replace their derived rows.
+
+Entities: commits, pull requests and deployments belong to ``repo:<repo>``;
+incidents to ``service:<service>``. The unit of recomputation is a *service*,
+because incident attribution needs every production deployment of the service
+and lead times need the history of every repository that deploys into it. So a
+refresh widens its entities to services:
+
+- a touched repository → the services its deployments name (in the stored
+  events, and in the rows derived before, so a deployment that moved service
+  when the repository → service mapping changed leaves its old service too);
+- a service → every repository that deploys into it (from the rows derived
+  before, plus the touched repositories' new deployment events).
+
+Then :func:`processor.dora.fold_service` recomputes each service from scratch
+and its rows are replaced: deleted by service (and by key, for the rare row
+that moved service) and re-COPYed, inside the batch's transaction. A
+transaction-scoped advisory lock per service keeps two processors from
+replacing the same service's rows at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import astuple, fields
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from processor.dora import (
+    ChangeRow,
+    DeploymentRow,
+    DoraConfig,
+    DoraEvent,
+    IncidentRow,
+    ServiceProjection,
+    fold_service,
+)
+from schemas.events import CanonicalEvent, parse_event
+
+REPO, SERVICE = "repo:", "service:"
+
+_PRODUCTION_COLUMNS = (
+    "deployment_id", "finished_at", "service", "repo", "team", "environment",
+    "succeeded", "failed", "failure_reason",
+)
+
+
+def _lock_key(service: str) -> int:
+    """A stable signed 64-bit advisory lock key for a service."""
+    digest = hashlib.sha256(f"flowmetrics.dora:{service}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _columns(row_type: type[Any]) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(row_type))
+
+
+class DoraProjection:
+    name = "dora"
+    event_types = frozenset({
+        "change.committed",
+        # Only merges link commits to deployments; the other pull request events stay
+        # free for a projection that needs them, and refresh nothing here.
+        "pull_request.merged",
+        "deployment.recorded",
+        "incident.opened",
+        "incident.resolved",
+    })
+
+    def __init__(self, config: DoraConfig) -> None:
+        self.config = config
+
+    def entity_of(self, event: CanonicalEvent) -> str:
+        if event.type.startswith("incident."):
+            return SERVICE + str(getattr(event, "service"))  # noqa: B009 - both incident types
+        return REPO + str(getattr(event, "repo"))  # noqa: B009 - every other claimed type
+
+    async def refresh(self, conn: AsyncConnection[Any], entities: Sequence[str]) -> None:
+        repos = {e.removeprefix(REPO) for e in entities if e.startswith(REPO)}
+        services = {e.removeprefix(SERVICE) for e in entities if e.startswith(SERVICE)}
+        feeds: dict[str, set[str]] = defaultdict(set)  # service → repositories deploying to it
+        async with conn.cursor() as cur:
+            if repos:
+                await cur.execute(
+                    """select distinct payload->>'service', payload->>'repo' from events
+                       where projection = %s and type = 'deployment.recorded'
+                         and entity = any(%s)""",
+                    (self.name, [REPO + r for r in sorted(repos)]),
+                )
+                pairs = await cur.fetchall()
+                await cur.execute(
+                    "select distinct service from deployments where repo = any(%s)",
+                    (sorted(repos),),
+                )
+                services |= {s for (s,) in await cur.fetchall()}
+                services |= {s for s, _ in pairs}
+                for service, repo in pairs:
+                    feeds[service].add(repo)
+            if not services:
+                return  # commits of a repository that has never deployed: nothing derives
+            # A service's events come from several partitions (repository- and
+            # service-keyed), so two processors can refresh it at once: serialize on
+            # the service, in one global order, before reading what feeds it.
+            for lock in sorted({_lock_key(s) for s in services}):
+                await cur.execute("select pg_advisory_xact_lock(%s)", (lock,))
+            await cur.execute(
+                "select distinct service, repo from deployments where service = any(%s)",
+                (sorted(services),),
+            )
+            for service, repo in await cur.fetchall():
+                feeds[service].add(repo)
+            wanted = {REPO + r for s in services for r in feeds[s]} | {
+                SERVICE + s for s in services
+            }
+            await cur.execute(
+                "select entity, payload from events where projection = %s and entity = any(%s)",
+                (self.name, sorted(wanted)),
+            )
+            by_entity: dict[str, list[DoraEvent]] = defaultdict(list)
+            for entity, payload in await cur.fetchall():
+                by_entity[entity].append(parse_event(payload))  # type: ignore[arg-type]
+        projections = []
+        for service in sorted(services):
+            history = [e for r in sorted(feeds[service]) for e in by_entity[REPO + r]]
+            history += by_entity[SERVICE + service]
+            projections.append(fold_service(service, history, self.config))
+        await replace_rows(conn, sorted(services), projections)
+
+
+async def replace_rows(
+    conn: AsyncConnection[Any], services: list[str], projections: Iterable[ServiceProjection]
+) -> None:
+    deployments: list[DeploymentRow] = []
+    changes: list[ChangeRow] = []
+    incidents: list[IncidentRow] = []
+    for p in projections:
+        deployments.extend(p.deployments)
+        changes.extend(p.changes)
+        incidents.extend(p.incidents)
+    production = [
+        tuple(getattr(d, c) for c in _PRODUCTION_COLUMNS)
+        for d in deployments if d.is_production and d.finished_at is not None
+    ]
+    deployment_ids = [d.deployment_id for d in deployments]
+    incident_ids = [i.incident_id for i in incidents]
+    async with conn.cursor() as cur:
+        for table, key, ids in (
+            ("deployments", "deployment_id", deployment_ids),
+            ("production_deployments", "deployment_id", deployment_ids),
+            ("deployment_changes", None, []),
+            ("incidents", "incident_id", incident_ids),
+        ):
+            by_key = f" or {key} = any(%(ids)s)" if key else ""
+            await cur.execute(
+                f"delete from {table} where service = any(%(services)s){by_key}",
+                {"services": services, "ids": ids},
+            )
+        for table, columns, rows in (
+            ("deployments", _columns(DeploymentRow), [astuple(d) for d in deployments]),
+            ("production_deployments", _PRODUCTION_COLUMNS, production),
+            ("deployment_changes", _columns(ChangeRow), [astuple(c) for c in changes]),
+            ("incidents", _columns(IncidentRow), [astuple(i) for i in incidents]),
+        ):
+            if not rows:
+                continue
+            async with cur.copy(f"copy {table} ({', '.join(columns)}) from stdin") as copy:
+                for row in rows:
+                    await copy.write_row(row)
