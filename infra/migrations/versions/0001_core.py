@@ -104,8 +104,13 @@ def upgrade() -> None:
         """
     )
     op.execute("create index stage_intervals_time_idx on stage_intervals (entered_at, exited_at)")
+    # WIP at an instant = open WIP stays entered by then + closed ones left after it.
     op.execute(
-        "create index stage_intervals_wip_idx on stage_intervals (team, entered_at) "
+        "create index stage_intervals_wip_open_entered_idx on stage_intervals (team, entered_at) "
+        "where flow_state = 'wip' and exited_at is null"
+    )
+    op.execute(
+        "create index stage_intervals_wip_exited_idx on stage_intervals (exited_at, team) "
         "where flow_state = 'wip'"
     )
 
