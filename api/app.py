@@ -6,21 +6,26 @@ the connection pool and the RFC 7807 error format.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.auth import AUTH_RESPONSES, ApiKeyAuth
 from api.deps import AppState
+from api.problems import COMMON_RESPONSES
 from api.prometheus import FlowGauges
+from api.routes_analytics import router as analytics_router
+from api.routes_dora import router as dora_router
 from api.routes_flow import router as flow_router
+from api.routes_services import router as services_router
 from api.routes_work_items import router as work_items_router
 from processor.stages import StageConfig
 
@@ -31,19 +36,32 @@ REQUESTS = Counter("flowmetrics_api_requests_total", "API requests", ["method", 
 # Every router of the API, in the order they appear in /docs.
 ROUTERS: list[APIRouter] = [
     flow_router,
+    analytics_router,
     work_items_router,
+    dora_router,
+    services_router,
 ]
 
 
-def problem(status: int, title: str, detail: Any) -> JSONResponse:
+def problem(
+    status: int, title: str, detail: Any, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(
         {"type": "about:blank", "title": title, "status": status, "detail": detail},
         status_code=status,
         media_type="application/problem+json",
+        headers=headers,
     )
 
 
-def create_api_app(pool: AsyncConnectionPool, stages: StageConfig, **state: Any) -> FastAPI:
+def create_api_app(
+    pool: AsyncConnectionPool,
+    stages: StageConfig,
+    *,
+    auth: ApiKeyAuth | None = None,
+    **state: Any,
+) -> FastAPI:
+    """``auth`` guards every router of ``ROUTERS`` (not health, readiness or /metrics)."""
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await pool.open()
@@ -62,7 +80,7 @@ def create_api_app(pool: AsyncConnectionPool, stages: StageConfig, **state: Any)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, _title(exc.status_code), exc.detail)
+        return problem(exc.status_code, _title(exc.status_code), exc.detail, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -78,8 +96,22 @@ def create_api_app(pool: AsyncConnectionPool, stages: StageConfig, **state: Any)
         ).inc()
         return response
 
+    @app.middleware("http")
+    async def _refuse_nul(request: Request, call_next: Any) -> Response:
+        # PostgreSQL text cannot hold NUL: a parameter with one would fail the
+        # query (500); it is refused here, once for every route.
+        if "\x00" in request.scope["path"] or any(
+            "\x00" in k or "\x00" in v for k, v in request.query_params.multi_items()
+        ):
+            return problem(422, "Invalid request", "a parameter contains a NUL character")
+        response: Response = await call_next(request)
+        return response
+
+    # The one place API keys are required: a router added to ROUTERS is guarded.
+    guard = [Depends(auth)] if auth is not None else []
+    responses = {**COMMON_RESPONSES, **(AUTH_RESPONSES if auth is not None else {})}
     for router in ROUTERS:
-        app.include_router(router)
+        app.include_router(router, dependencies=guard, responses=responses)
 
     @app.get("/api/v1/health", summary="Liveness")
     async def health() -> dict[str, str]:

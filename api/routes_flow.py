@@ -37,7 +37,8 @@ async def stages(conn: ConnDep, state: StateDep, team: str | None = None) -> dic
     async with conn.cursor() as cur:
         await cur.execute(
             """select stage, count(*) from work_items
-               where flow_state in ('backlog', 'wip') and (%(team)s::text is null or team = %(team)s)
+               where flow_state in ('backlog', 'wip')
+                 and (%(team)s::text is null or team = %(team)s)
                group by stage""",
             {"team": team},
         )

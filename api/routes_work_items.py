@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query
 from psycopg.rows import dict_row
 
 from api.deps import ConnDep
+from api.problems import problem_responses
 
 router = APIRouter(prefix="/api/v1/work-items", tags=["work items"])
 
@@ -62,7 +63,11 @@ async def list_work_items(
     return {"total": total, "limit": limit, "offset": offset, "items": items}
 
 
-@router.get("/{key}/history", summary="Transitions of one item, with the time spent in each stage")
+@router.get(
+    "/{key}/history",
+    summary="Transitions of one item, with the time spent in each stage",
+    responses=problem_responses({404: "No work item has this key or id"}),
+)
 async def history(conn: ConnDep, key: str) -> dict[str, Any]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(

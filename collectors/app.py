@@ -30,6 +30,13 @@ from collectors.exceptions import (
 )
 from collectors.github import GitHubMapping, GitHubPayloadError, normalize_github
 from collectors.jira import JiraPayloadError, jira_fallback_delivery_id, normalize_jira
+from collectors.openapi import (
+    GITHUB_REQUEST,
+    INGEST_REQUEST,
+    INGEST_RESPONSES,
+    JIRA_REQUEST,
+    WEBHOOK_RESPONSES,
+)
 from collectors.publisher import Publisher, RawDelivery
 from collectors.signatures import verify
 from processor.stages import StageConfig
@@ -166,7 +173,13 @@ def create_collector_app(
         DELIVERIES.labels(source=raw.source, outcome="unprocessable").inc()
         raise UnprocessablePayload(reason, delivery_id=raw.delivery_id)
 
-    @app.post("/webhooks/jira", status_code=202, summary="Receive a Jira webhook")
+    @app.post(
+        "/webhooks/jira",
+        status_code=202,
+        summary="Receive a Jira webhook",
+        responses=WEBHOOK_RESPONSES,
+        openapi_extra=JIRA_REQUEST,
+    )
     async def jira_webhook(request: Request) -> Response:
         body = await read_body(request, config.max_body_bytes)
         if config.jira_secret and not verify(
@@ -199,7 +212,13 @@ def create_collector_app(
             raise  # unreachable: unprocessable() raises
         return await accept(raw, result.events, result.ignored)
 
-    @app.post("/webhooks/github", status_code=202, summary="Receive a GitHub webhook")
+    @app.post(
+        "/webhooks/github",
+        status_code=202,
+        summary="Receive a GitHub webhook",
+        responses=WEBHOOK_RESPONSES,
+        openapi_extra=GITHUB_REQUEST,
+    )
     async def github_webhook(request: Request) -> Response:
         body = await read_body(request, config.max_body_bytes)
         if config.github_secret and not verify(
@@ -235,7 +254,13 @@ def create_collector_app(
             raise  # unreachable
         return await accept(raw, result.events, result.ignored)
 
-    @app.post("/api/v1/events", status_code=202, summary="Publish canonical events over HTTP")
+    @app.post(
+        "/api/v1/events",
+        status_code=202,
+        summary="Publish canonical events over HTTP",
+        responses=INGEST_RESPONSES,
+        openapi_extra=INGEST_REQUEST,
+    )
     async def ingest_events(request: Request) -> Response:
         token = config.ingest_token
         if token:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -23,15 +24,20 @@ from api.app import create_api_app
 from api.auth import ApiKeyAuth, RateLimiter, SqlKeyStore
 from api.deps import configure_read_only
 from collectors.app import CollectorConfig, create_collector_app
+from collectors.durable_publisher import BrokerWatch, DurablePublisher
 from collectors.github import GitHubMapping
-from collectors.publisher import KafkaPublisher
+from collectors.publisher import Publisher
+from collectors.service_graph_scraper import DEFAULT_QUERY, ServiceGraphScraper
 from infra.db import make_pool
-from infra.kafka import make_consumer, make_producer
+from infra.kafka import ensure_topics, make_consumer, make_producer
+from infra.services_catalog import load_catalog
 from infra.settings import Settings
+from infra.topic_config import topic_specs
 from processor.consumer import Processor
 from processor.dora import load_dora_config
 from processor.dora_store import DoraProjection
 from processor.projections import Projection, ProjectionRegistry
+from processor.services_store import IncidentAttribution, ServicesProjection
 from processor.stages import StageConfig, load_stage_config
 from processor.work_item_store import WorkItemsProjection
 from schemas.topics import Topics
@@ -57,7 +63,28 @@ def stage_config(settings: Settings) -> StageConfig:
 
 def projections(settings: Settings, stages: StageConfig) -> list[Projection]:
     """Every projection the processor folds into; a new domain registers here."""
-    return [WorkItemsProjection(stages), DoraProjection(load_dora_config(settings.dora_file))]
+    dora = load_dora_config(settings.dora_file)
+    stale_after = timedelta(days=settings.service_edge_stale_days)
+    attribution = IncidentAttribution(
+        window=dora.incident_window,
+        depth=settings.attribution_depth if settings.incident_attribution == "dependencies" else 0,
+        stale_after=stale_after,
+    )
+    return [
+        WorkItemsProjection(stages),
+        DoraProjection(dora, attribution),
+        ServicesProjection(attribution, stale_after),
+    ]
+
+
+def service_graph_scraper(settings: Settings, publisher: Publisher) -> ServiceGraphScraper:
+    return ServiceGraphScraper(
+        base_url=settings.prometheus_url,
+        publisher=publisher,
+        query=settings.prometheus_query or DEFAULT_QUERY,
+        interval=settings.prometheus_interval_s,
+        timeout=settings.prometheus_timeout_s,
+    )
 
 
 class _EmbeddableServer(uvicorn.Server):
@@ -81,9 +108,33 @@ async def serve_app(app: FastAPI, host: str, port: int, stop: asyncio.Event) -> 
     stopper.cancel()
 
 
+def durable_publisher(settings: Settings, ends: Endpoints) -> DurablePublisher:
+    """Kafka first, the local spool while the broker is down, slow or lost its data."""
+    topics = topics_for(settings)
+    bootstrap = ends.kafka_bootstrap
+
+    async def recreate_topics() -> None:
+        await ensure_topics(bootstrap, topics.all(), specs=topic_specs(topics), attempts=1)
+
+    return DurablePublisher(
+        spool_path=settings.spool_path or settings.home / "spool" / f"{topics.prefix}.db",
+        topics=topics,
+        producer_factory=lambda: make_producer(
+            bootstrap, idempotent=settings.kafka_idempotent_producer
+        ),
+        ensure_topics=recreate_topics,
+        watch=BrokerWatch(bootstrap, topics, settings.consumer_group),
+        publish_timeout=settings.spool_publish_timeout_s,
+        probe_interval=settings.spool_probe_interval_s,
+        keep_until_folded=settings.spool_keep_until_folded,
+    )
+
+
 async def run_collectors(settings: Settings, ends: Endpoints, stop: asyncio.Event) -> None:
-    producer = make_producer(ends.kafka_bootstrap, idempotent=settings.kafka_idempotent_producer)
-    await producer.start()
+    # Starts without the broker: until it answers, deliveries go to the spool.
+    catalog = load_catalog(settings.services_file)  # a bad file stops start-up here
+    publisher = durable_publisher(settings, ends)
+    await publisher.start()
     try:
 
         def secret(value: Any) -> str | None:
@@ -98,14 +149,20 @@ async def run_collectors(settings: Settings, ends: Endpoints, stop: asyncio.Even
         )
         app = create_collector_app(
             config,
-            KafkaPublisher(producer, topics_for(settings)),
+            publisher,
             stage_config(settings),
-            GitHubMapping(),
+            GitHubMapping(service_for_repo=catalog.service_for_repo()),
+            readiness=publisher.readiness,
         )
         log.info("collectors_listening", port=settings.collector_port)
-        await serve_app(app, settings.collector_host, settings.collector_port, stop)
+        if catalog.entries:  # durable before anything else is accepted: spooled if need be
+            await publisher.publish(None, catalog.events(datetime.now(UTC)))
+        work = [serve_app(app, settings.collector_host, settings.collector_port, stop)]
+        if settings.prometheus_url:
+            work.append(service_graph_scraper(settings, publisher).run(stop))
+        await asyncio.gather(*work)
     finally:
-        await producer.stop()
+        await publisher.stop()
 
 
 async def run_processor(settings: Settings, ends: Endpoints, stop: asyncio.Event) -> None:

@@ -60,12 +60,40 @@ class Settings(BaseSettings):
     stages_file: Path | None = None
     dora_file: Path | None = None
 
+    # --- services and their dependency graph (docs/services.md) -----------------
+    # The service catalog (TOML), published as service.declared events at start.
+    services_file: Path | None = None
+    # Incidents without an explicit link: "dependencies" looks at the incident's
+    # service and what it depends on (up to ``attribution_depth`` hops);
+    # "service" is the same-service rule alone.
+    incident_attribution: Literal["dependencies", "service"] = "dependencies"
+    attribution_depth: int = Field(default=2, ge=0, le=10)
+    # An edge not seen for this long is stale (not deleted).
+    service_edge_stale_days: float = Field(default=7.0, gt=0)
+    # Prometheus with the OpenTelemetry service graph; unset: no scraping.
+    prometheus_url: str = ""
+    prometheus_query: str = ""  # empty: the default query (collectors/service_graph_scraper.py)
+    prometheus_interval_s: float = Field(default=300.0, gt=0)
+    prometheus_timeout_s: float = Field(default=10.0, gt=0)
+
     # /health, /ready and /metrics of a standalone processor (0: none). In
     # `flowmetrics up` the API's /metrics already carries the processor's counters.
     processor_metrics_port: int = 0
     processor_metrics_host: str = "127.0.0.1"
     processor_batch_max: int = 5000
     processor_poll_ms: int = 200
+
+    # --- collector spool (docs/operations-durability.md) -------------------------
+    # Where accepted deliveries wait while Kafka is down; unset: <home>/spool/<prefix>.db.
+    # One spool per collector process (it is locked while open).
+    spool_path: Path | None = None
+    # How long a delivery waits for Kafka's acknowledgement before it is spooled.
+    spool_publish_timeout_s: float = Field(default=2.0, gt=0)
+    # How often the drainer checks the broker: topics still there, group offsets.
+    spool_probe_interval_s: float = Field(default=1.0, gt=0)
+    # Keep each delivery until the processor's group committed past it, so a broker
+    # that loses acknowledged records (a memory-only broker restarting) costs nothing.
+    spool_keep_until_folded: bool = True
 
     # --- API backfill and reconcile (flowmetrics backfill | reconcile) ----------
     # Jira: the site URL; Cloud authenticates with e-mail + API token, Data

@@ -1,0 +1,37 @@
+"""RFC 7807 problem responses as the OpenAPI document describes them.
+
+Every error the API answers is ``application/problem+json`` (see ``api.app``),
+so the document says so, for the codes each operation can give.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"description": "A sentence, or the list of invalid parameters"},
+    },
+}
+
+
+def problem_responses(codes: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """``{status: description}`` → FastAPI ``responses=`` entries with the problem body."""
+    return {
+        status: {
+            "description": description,
+            "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
+        }
+        for status, description in codes.items()
+    }
+
+
+# What any /api/v1 operation may answer besides 200 (422 replaces FastAPI's
+# application/json HTTPValidationError, which this API never sends).
+COMMON_RESPONSES = problem_responses({422: "Invalid parameters"})
