@@ -92,7 +92,9 @@ class StreamStats:
     duplicates: int = 0
     late: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
-    # Distinct work_item.* events: the rows the ``events`` table gets.
+    # Distinct events (duplicates not counted) per type: what an event store keeps.
+    distinct_by_type: dict[str, int] = field(default_factory=dict)
+    # Distinct work_item.* events.
     work_item_events: int = 0
     # Items with at least one emitted event and no emitted deletion.
     work_items: int = 0
@@ -105,6 +107,7 @@ class StreamStats:
             "duplicates": self.duplicates,
             "late": self.late,
             "by_type": dict(sorted(self.by_type.items())),
+            "distinct_by_type": dict(sorted(self.distinct_by_type.items())),
             "work_item_events": self.work_item_events,
             "work_items": self.work_items,
             "transitions": self.transitions,
@@ -134,9 +137,7 @@ def plan_statuses(rng: random.Random, config: GeneratorConfig) -> list[tuple[str
     """
     path: list[tuple[str, str, float]] = []
     forward = [(s, c, h) for s, c, h, p in _FORWARD if p >= 1.0 or rng.random() < p]
-    discard_at = (
-        rng.randint(1, len(forward) - 1) if rng.random() < config.discard_share else None
-    )
+    discard_at = rng.randint(1, len(forward) - 1) if rng.random() < config.discard_share else None
     for i, step in enumerate(forward):
         if i == discard_at:
             path.append(("Won't Do", "done", rng.expovariate(1 / 48.0)))
@@ -214,6 +215,7 @@ class EventStream:
             stats.duplicates += 1
         else:
             stats.late += late
+            stats.distinct_by_type[kind] = stats.distinct_by_type.get(kind, 0) + 1
             if item is not None:
                 self._count(kind, item)
             if self._rng.random() < self.config.duplicate_share:
@@ -278,33 +280,53 @@ class EventStream:
         }
 
         def upserted(at: float, status: str, category: str) -> None:
-            event = dict(upsert, status=status, status_category=category,
-                         event_id=stable_event_id("jira", issue_id, "upsert", int(at * 1000)),
-                         occurred_at=iso(at), _at=at)  # fmt: skip
+            event = dict(
+                upsert,
+                status=status,
+                status_category=category,
+                event_id=stable_event_id("jira", issue_id, "upsert", int(at * 1000)),
+                occurred_at=iso(at),
+                _at=at,
+            )
             self._schedule(event, item)
 
         initial = rng.choice(("To Do", "Backlog"))
         upserted(t, initial, "new")
         self._schedule(
-            {**base, "type": "work_item.transitioned", "event_id":
-             stable_event_id("jira", issue_id, "created"), "occurred_at": iso(t), "_at": t,
-             "from_status": None, "to_status": initial, "to_status_category": "new",
-             "to_stage": None, "sequence": 0},
+            {
+                **base,
+                "type": "work_item.transitioned",
+                "event_id": stable_event_id("jira", issue_id, "created"),
+                "occurred_at": iso(t),
+                "_at": t,
+                "from_status": None,
+                "to_status": initial,
+                "to_status_category": "new",
+                "to_stage": None,
+                "sequence": 0,
+            },
             item,
-        )  # fmt: skip
+        )
         at, previous = t, initial
         plan = plan_statuses(rng, self.config)
         update_at = rng.randrange(len(plan)) if rng.random() < self.config.update_share else -1
         for n, (status, category, hours) in enumerate(plan):
             at += max(60.0, hours * HOUR)
             self._schedule(
-                {**base, "type": "work_item.transitioned", "event_id":
-                 stable_event_id("jira", issue_id, "status", f"h{n}", 0),
-                 "occurred_at": iso(at), "_at": at, "from_status": previous,
-                 "to_status": status, "to_status_category": category, "to_stage": None,
-                 "sequence": 0},
+                {
+                    **base,
+                    "type": "work_item.transitioned",
+                    "event_id": stable_event_id("jira", issue_id, "status", f"h{n}", 0),
+                    "occurred_at": iso(at),
+                    "_at": at,
+                    "from_status": previous,
+                    "to_status": status,
+                    "to_status_category": category,
+                    "to_stage": None,
+                    "sequence": 0,
+                },
                 item,
-            )  # fmt: skip
+            )
             if n == update_at:
                 upsert["assignee"] = rng.choice(ASSIGNEES)
                 upserted(at, status, category)
@@ -312,10 +334,15 @@ class EventStream:
         if rng.random() < self.config.delete_share:
             at += rng.uniform(DAY, 30 * DAY)
             self._schedule(
-                {**base, "type": "work_item.deleted", "occurred_at": iso(at), "_at": at,
-                 "event_id": stable_event_id("jira", issue_id, "deleted")},
+                {
+                    **base,
+                    "type": "work_item.deleted",
+                    "occurred_at": iso(at),
+                    "_at": at,
+                    "event_id": stable_event_id("jira", issue_id, "deleted"),
+                },
                 item,
-            )  # fmt: skip
+            )
 
     def _pull_request(self, t: float, repo: str) -> None:
         rng = self._rng
@@ -326,33 +353,64 @@ class EventStream:
             stable_event_id("sha", repo, number, i) + "00000000" for i in range(rng.randint(1, 3))
         )
         base = {"source": "github", "schema_version": 1, "key": item_id, "item_id": item_id}
-        pr = {"repo": repo, "number": number, "title": f"PR {number}", "created_at": iso(t),
-              "commit_shas": list(shas), "author": rng.choice(ASSIGNEES)}  # fmt: skip
+        pr = {
+            "repo": repo,
+            "number": number,
+            "title": f"PR {number}",
+            "created_at": iso(t),
+            "commit_shas": list(shas),
+            "author": rng.choice(ASSIGNEES),
+        }
 
         def step(at: float, action: str, status: str, stage: str) -> None:
             ids = (repo, number, action)
             self._schedule(
-                {**base, "type": "work_item.upserted", "event_id":
-                 stable_event_id("github", *ids, "upsert"), "occurred_at": iso(at), "_at": at,
-                 "display_key": f"{repo}#{number}", "title": pr["title"],
-                 "item_type": "pull_request", "project": repo, "team": repo, "status": status,
-                 "assignee": pr["author"], "labels": [], "created_at": iso(t),
-                 "url": f"https://github.com/{repo}/pull/{number}"},
+                {
+                    **base,
+                    "type": "work_item.upserted",
+                    "event_id": stable_event_id("github", *ids, "upsert"),
+                    "occurred_at": iso(at),
+                    "_at": at,
+                    "display_key": f"{repo}#{number}",
+                    "title": pr["title"],
+                    "item_type": "pull_request",
+                    "project": repo,
+                    "team": repo,
+                    "status": status,
+                    "assignee": pr["author"],
+                    "labels": [],
+                    "created_at": iso(t),
+                    "url": f"https://github.com/{repo}/pull/{number}",
+                },
                 item,
-            )  # fmt: skip
+            )
             self._schedule(
-                {**base, "type": "work_item.transitioned", "event_id":
-                 stable_event_id("github", *ids, "transition"), "occurred_at": iso(at),
-                 "_at": at, "from_status": None, "to_status": status,
-                 "to_status_category": None, "to_stage": stage, "sequence": 0},
+                {
+                    **base,
+                    "type": "work_item.transitioned",
+                    "event_id": stable_event_id("github", *ids, "transition"),
+                    "occurred_at": iso(at),
+                    "_at": at,
+                    "from_status": None,
+                    "to_status": status,
+                    "to_status_category": None,
+                    "to_stage": stage,
+                    "sequence": 0,
+                },
                 item,
-            )  # fmt: skip
+            )
             self._schedule(
-                {**base, **pr, "type": f"pull_request.{action}", "event_id":
-                 stable_event_id("github", *ids), "occurred_at": iso(at), "_at": at,
-                 "merged_at": iso(at) if action == "merged" else None},
+                {
+                    **base,
+                    **pr,
+                    "type": f"pull_request.{action}",
+                    "event_id": stable_event_id("github", *ids),
+                    "occurred_at": iso(at),
+                    "_at": at,
+                    "merged_at": iso(at) if action == "merged" else None,
+                },
                 None,
-            )  # fmt: skip
+            )
 
         step(t, "opened", "open", "Development")
         at = t + max(300.0, rng.expovariate(1 / (10 * HOUR)))
@@ -365,20 +423,33 @@ class EventStream:
         else:
             step(at, "closed", "closed", "Removed")
 
-    def _commit(self, at: float, repo: str, *, sha: str | None = None,
-                pushed: float | None = None) -> None:  # fmt: skip
+    def _commit(
+        self, at: float, repo: str, *, sha: str | None = None, pushed: float | None = None
+    ) -> None:
         sha = sha or stable_event_id("direct", repo, self._seq) + "00000000"
         pushed = pushed if pushed is not None else at
         before, self._last_sha[repo] = self._last_sha[repo], sha
         self._schedule(
-            {"type": "change.committed", "source": "github", "schema_version": 1, "key": repo,
-             "event_id": stable_event_id("github", repo, "commit", sha),
-             "occurred_at": iso(pushed), "_at": pushed, "repo": repo, "sha": sha,
-             "authored_at": iso(at), "committed_at": iso(at), "branch": "main",
-             "head_sha": sha, "before_sha": before, "author": self._rng.choice(ASSIGNEES),
-             "message": "change"},
+            {
+                "type": "change.committed",
+                "source": "github",
+                "schema_version": 1,
+                "key": repo,
+                "event_id": stable_event_id("github", repo, "commit", sha),
+                "occurred_at": iso(pushed),
+                "_at": pushed,
+                "repo": repo,
+                "sha": sha,
+                "authored_at": iso(at),
+                "committed_at": iso(at),
+                "branch": "main",
+                "head_sha": sha,
+                "before_sha": before,
+                "author": self._rng.choice(ASSIGNEES),
+                "message": "change",
+            },
             None,
-        )  # fmt: skip
+        )
 
     def _deployment(self, at: float, repo: str) -> None:
         rng = self._rng
@@ -392,38 +463,69 @@ class EventStream:
         final = "success" if roll < 0.9 else "failure" if roll < 0.97 else "rolled_back"
         for status, when in (("in_progress", at), (final, done)):
             self._schedule(
-                {"type": "deployment.recorded", "source": "github", "schema_version": 1,
-                 "key": repo, "event_id": stable_event_id("github", deployment_id, status),
-                 "occurred_at": iso(when), "_at": when, "deployment_id": deployment_id,
-                 "repo": repo, "service": service, "environment": environment,
-                 "status": status, "sha": sha, "started_at": iso(at),
-                 "finished_at": iso(when) if status != "in_progress" else None,
-                 "url": None, "rollback_of": None},
+                {
+                    "type": "deployment.recorded",
+                    "source": "github",
+                    "schema_version": 1,
+                    "key": repo,
+                    "event_id": stable_event_id("github", deployment_id, status),
+                    "occurred_at": iso(when),
+                    "_at": when,
+                    "deployment_id": deployment_id,
+                    "repo": repo,
+                    "service": service,
+                    "environment": environment,
+                    "status": status,
+                    "sha": sha,
+                    "started_at": iso(at),
+                    "finished_at": iso(when) if status != "in_progress" else None,
+                    "url": None,
+                    "rollback_of": None,
+                },
                 None,
-            )  # fmt: skip
-        if environment == "production" and final != "success":
-            if rng.random() < self.config.incident_share:
-                self._incident(done + rng.uniform(60, 2 * HOUR), repo, service, sha)
+            )
+        failed_in_production = environment == "production" and final != "success"
+        if failed_in_production and rng.random() < self.config.incident_share:
+            self._incident(done + rng.uniform(60, 2 * HOUR), repo, service, sha)
 
     def _incident(self, at: float, repo: str, service: str, sha: str) -> None:
         incident_id = f"inc-{self._seq}"
         key = f"incident:{service}"
         resolved = at + self._rng.uniform(0.5 * HOUR, 2 * DAY)
-        common = {"source": "pagerduty", "schema_version": 1, "key": key,
-                  "incident_id": incident_id, "service": service}  # fmt: skip
+        common = {
+            "source": "pagerduty",
+            "schema_version": 1,
+            "key": key,
+            "incident_id": incident_id,
+            "service": service,
+        }
         self._schedule(
-            {**common, "type": "incident.opened", "event_id":
-             stable_event_id("pagerduty", incident_id, "opened"), "occurred_at": iso(at),
-             "_at": at, "repo": repo, "title": f"{service} degraded", "body": "",
-             "opened_at": iso(at), "root_cause_sha": None, "deployment_url": None},
+            {
+                **common,
+                "type": "incident.opened",
+                "event_id": stable_event_id("pagerduty", incident_id, "opened"),
+                "occurred_at": iso(at),
+                "_at": at,
+                "repo": repo,
+                "title": f"{service} degraded",
+                "body": "",
+                "opened_at": iso(at),
+                "root_cause_sha": None,
+                "deployment_url": None,
+            },
             None,
-        )  # fmt: skip
+        )
         self._schedule(
-            {**common, "type": "incident.resolved", "event_id":
-             stable_event_id("pagerduty", incident_id, "resolved"), "occurred_at":
-             iso(resolved), "_at": resolved, "resolved_at": iso(resolved)},
+            {
+                **common,
+                "type": "incident.resolved",
+                "event_id": stable_event_id("pagerduty", incident_id, "resolved"),
+                "occurred_at": iso(resolved),
+                "_at": resolved,
+                "resolved_at": iso(resolved),
+            },
             None,
-        )  # fmt: skip
+        )
 
 
 def wire(event: dict[str, Any]) -> tuple[bytes, bytes]:

@@ -1,0 +1,365 @@
+"""The API benchmark's data set: millions of transitions, bulk-loaded in minutes.
+
+Rows are what the processor itself would write: each item's history is planned
+by the generator (:func:`bench.generator.plan_statuses`), built as canonical
+events without validation (``model_construct``) and folded by the pure
+:func:`processor.work_items.fold_work_item`; the derived rows go straight into
+``work_items``, ``transitions``, ``stage_intervals`` and ``completions`` through
+four concurrent COPY streams. Secondary indexes and primary keys are dropped
+for the load and rebuilt after it (a sorted build beats millions of inserts).
+
+Items are created uniformly over ``days`` ending at ``end``; those still in
+flight at ``end`` are cut there, so the last weeks hold real WIP.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import fields
+from datetime import UTC, datetime, timedelta
+from operator import attrgetter
+from typing import Any
+
+import psycopg
+
+from bench.generator import ITEM_TYPES, TEAMS, GeneratorConfig, plan_statuses
+from processor.stages import StageConfig
+from processor.work_items import (
+    CompletionRow,
+    StageIntervalRow,
+    TransitionRow,
+    WorkItemProjection,
+    WorkItemRow,
+    fold_work_item,
+)
+from schemas.events import WorkItemTransitioned, WorkItemUpserted
+
+END = datetime(2026, 1, 1, tzinfo=UTC)
+# The derived tables and the row type of each (as processor.work_item_store writes them).
+_TABLES: tuple[tuple[str, type[Any]], ...] = (
+    ("work_items", WorkItemRow),
+    ("transitions", TransitionRow),
+    ("stage_intervals", StageIntervalRow),
+    ("completions", CompletionRow),
+)
+
+
+def projections(
+    transitions: int, stages: StageConfig, *, seed: int = 7, days: int = 730, end: datetime = END
+) -> Iterator[WorkItemProjection]:
+    """Folded items until their transitions add up to ``transitions``."""
+    rng = random.Random(seed)
+    config = GeneratorConfig(seed=seed)
+    types, weights = [t for t, _ in ITEM_TYPES], [w for _, w in ITEM_TYPES]
+    span = days * 86_400.0
+    made, n = 0, 0
+    while made < transitions:
+        n += 1
+        team, project = TEAMS[rng.randrange(len(TEAMS))]
+        item_id = f"jira:{n}"
+        created = end - timedelta(seconds=rng.uniform(0, span))
+        common: dict[str, Any] = {
+            "source": "jira",
+            "key": item_id,
+            "item_id": item_id,
+            "received_at": created,
+            "schema_version": 1,
+        }
+        first = rng.choice(("To Do", "Backlog"))
+        events: list[Any] = [
+            WorkItemUpserted.model_construct(
+                **common,
+                type="work_item.upserted",
+                event_id=f"u{n}",
+                occurred_at=created,
+                display_key=f"{project}-{n}",
+                title=f"item {n}",
+                item_type=rng.choices(types, weights)[0],
+                project=project,
+                team=team,
+                status=first,
+                status_category="new",
+                assignee=None,
+                labels=(),
+                created_at=created,
+                url=None,
+            ),
+            _move(common, f"c{n}", created, None, first, "new"),
+        ]
+        at, previous = created, first
+        for i, (status, category, hours) in enumerate(plan_statuses(rng, config)):
+            at += timedelta(hours=max(hours, 1 / 60))
+            if at >= end:
+                break
+            events.append(_move(common, f"s{n}-{i}", at, previous, status, category))
+            previous = status
+        folded = fold_work_item(item_id, events, stages)
+        made += len(folded.transitions)
+        yield folded
+
+
+def _move(
+    common: dict[str, Any],
+    event_id: str,
+    at: datetime,
+    before: str | None,
+    status: str,
+    category: str,
+) -> WorkItemTransitioned:
+    return WorkItemTransitioned.model_construct(
+        **common,
+        type="work_item.transitioned",
+        event_id=event_id,
+        occurred_at=at,
+        from_status=before,
+        to_status=status,
+        to_status_category=category,
+        to_stage=None,
+        sequence=0,
+    )
+
+
+def load(dsn: str, transitions: int, stages: StageConfig, *, seed: int = 7) -> dict[str, Any]:
+    """Bulk-load the data set into a migrated, empty database; returns counts and timings."""
+    started = time.monotonic()
+    getters = {table: attrgetter(*(f.name for f in fields(kind))) for table, kind in _TABLES}
+    tables = [table for table, _ in _TABLES]
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        rebuild = _drop_indexes(admin, tables)
+        # Revision 0003 keeps CFD arrivals in step with stage_intervals by triggers;
+        # for a bulk load, one set-based rebuild afterwards is far cheaper.
+        rebuild_arrivals = (
+            admin.execute(
+                "select 1 from pg_proc where proname = 'rebuild_stage_arrivals'"
+            ).fetchone()
+            is not None
+        )
+        if rebuild_arrivals:
+            admin.execute("alter table stage_intervals disable trigger user")
+    counts = dict.fromkeys(tables, 0)
+    with ExitStack() as stack:
+        copies = {}
+        for table, kind in _TABLES:
+            conn = stack.enter_context(psycopg.connect(dsn))
+            columns = ", ".join(f.name for f in fields(kind))
+            cur = stack.enter_context(conn.cursor())
+            copies[table] = stack.enter_context(cur.copy(f"copy {table} ({columns}) from stdin"))
+        report = max(transitions // 10, 1)
+        next_report = report
+        for p in projections(transitions, stages, seed=seed):
+            if p.item is not None:
+                copies["work_items"].write_row(_listed(getters["work_items"](p.item)))
+                counts["work_items"] += 1
+            for t in p.transitions:
+                copies["transitions"].write_row(getters["transitions"](t))
+            for i in p.intervals:
+                copies["stage_intervals"].write_row(getters["stage_intervals"](i))
+            if p.completion is not None:
+                copies["completions"].write_row(getters["completions"](p.completion))
+                counts["completions"] += 1
+            counts["transitions"] += len(p.transitions)
+            counts["stage_intervals"] += len(p.intervals)
+            if counts["transitions"] >= next_report:
+                next_report += report
+                print(
+                    f"  api data: {counts['transitions']:,} transitions "
+                    f"({time.monotonic() - started:.0f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    copied = time.monotonic() - started
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for statement in rebuild:
+            admin.execute(statement)
+        if rebuild_arrivals:
+            admin.execute("alter table stage_intervals enable trigger user")
+            admin.execute("select rebuild_stage_arrivals()")
+            tables += ["stage_arrivals", "daily_cfd_arrivals"]
+        for table in tables:
+            admin.execute(f"vacuum analyze {table}")
+    return {
+        "rows": counts,
+        "copy_s": round(copied, 1),
+        "total_s": round(time.monotonic() - started, 1),
+    }
+
+
+def _listed(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(list(v) if isinstance(v, tuple) else v for v in row)
+
+
+def _drop_indexes(conn: psycopg.Connection[Any], tables: list[str]) -> list[str]:
+    """Drop the tables' keys and indexes; the statements that rebuild them, in order.
+
+    Skipped under TimescaleDB, whose hypertables keep their own chunk indexes.
+    """
+    if conn.execute("select 1 from pg_extension where extname = 'timescaledb'").fetchone():
+        return []
+    constraints = conn.execute(
+        """select c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid)
+           from pg_constraint c where c.contype in ('p', 'u')
+             and c.conrelid::regclass::text = any(%s)""",
+        (tables,),
+    ).fetchall()
+    indexes = conn.execute(
+        """select i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
+           from pg_index i where i.indrelid::regclass::text = any(%s)
+             and not exists (select 1 from pg_constraint c where c.conindid = i.indexrelid)""",
+        (tables,),
+    ).fetchall()
+    rebuild = [
+        f"alter table {t} add constraint {name} {definition}" for t, name, definition in constraints
+    ]
+    rebuild += [definition for _, definition in indexes]
+    for name, _ in indexes:
+        conn.execute(f"drop index {name}")
+    for table, name, _ in constraints:
+        conn.execute(f"alter table {table} drop constraint {name}")
+    return rebuild
+
+
+def load_dora(
+    dsn: str, *, seed: int = 7, days: int = 730, end: datetime = END, per_day: float = 24.0
+) -> dict[str, Any]:
+    """Deployments, the changes they shipped and incidents, shaped as ``processor.dora_store``
+    writes them (``per_day`` production deployments across 12 services)."""
+    rng = random.Random(seed)
+    started = time.monotonic()
+    services = [
+        (f"{key.lower()}-{i}", f"acme/{key.lower()}-{i}", team)
+        for team, key in TEAMS
+        for i in range(2)
+    ]
+    counts = {
+        "deployments": 0,
+        "production_deployments": 0,
+        "deployment_changes": 0,
+        "incidents": 0,
+    }
+    deploy_cols = (
+        "deployment_id, service, repo, team, environment, is_production, sha, status, "
+        "succeeded, started_at, finished_at, url, rollback_of, rolled_back_by, "
+        "failed, failure_reason, updated_at"
+    )
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur, ExitStack() as stack:
+        deployments = stack.enter_context(cur.copy(f"copy deployments ({deploy_cols}) from stdin"))
+        rows_prod: list[tuple[Any, ...]] = []
+        rows_changes: list[tuple[Any, ...]] = []
+        rows_incidents: list[tuple[Any, ...]] = []
+        at = end - timedelta(days=days)
+        n = 0
+        while True:
+            at += timedelta(seconds=rng.expovariate(per_day / 86_400.0))
+            if at >= end:
+                break
+            n += 1
+            service, repo, team = services[rng.randrange(len(services))]
+            finished = at + timedelta(seconds=rng.uniform(120, 1200))
+            failed = rng.random() < 0.08
+            status = "failure" if failed else "success"
+            sha = f"{n:040x}"
+            deployment_id = f"{repo}/{n}"
+            deployments.write_row(
+                (
+                    deployment_id,
+                    service,
+                    repo,
+                    team,
+                    "production",
+                    True,
+                    sha,
+                    status,
+                    not failed,
+                    at,
+                    finished,
+                    None,
+                    None,
+                    None,
+                    failed,
+                    "status" if failed else None,
+                    finished,
+                )
+            )
+            rows_prod.append(
+                (
+                    deployment_id,
+                    finished,
+                    service,
+                    repo,
+                    team,
+                    "production",
+                    not failed,
+                    failed,
+                    "status" if failed else None,
+                )
+            )
+            if not failed:
+                for c in range(rng.randint(1, 5)):
+                    committed = finished - timedelta(hours=rng.expovariate(1 / 30.0) + 0.1)
+                    rows_changes.append(
+                        (
+                            service,
+                            repo,
+                            team,
+                            f"{n:032x}{c:08x}",
+                            deployment_id,
+                            finished,
+                            committed,
+                            (finished - committed).total_seconds(),
+                            None,
+                            "commit",
+                        )
+                    )
+            elif rng.random() < 0.4:
+                opened = finished + timedelta(minutes=rng.uniform(5, 120))
+                resolved = opened + timedelta(hours=rng.expovariate(1 / 6.0))
+                rows_incidents.append(
+                    (
+                        f"inc-{n}",
+                        service,
+                        repo,
+                        team,
+                        "degraded",
+                        opened,
+                        resolved,
+                        (resolved - opened).total_seconds(),
+                        None,
+                        None,
+                        deployment_id,
+                        "window",
+                        resolved,
+                    )
+                )
+        counts["deployments"] = n
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        for table, columns, rows in (
+            (
+                "production_deployments",
+                "deployment_id, finished_at, service, repo, team, "
+                "environment, succeeded, failed, failure_reason",
+                rows_prod,
+            ),
+            (
+                "deployment_changes",
+                "service, repo, team, sha, deployment_id, deployed_at, "
+                "committed_at, lead_time_s, pull_request, kind",
+                rows_changes,
+            ),
+            (
+                "incidents",
+                "incident_id, service, repo, team, title, opened_at, resolved_at, "
+                "time_to_restore_s, root_cause_sha, deployment_url, deployment_id, attribution, "
+                "updated_at",
+                rows_incidents,
+            ),
+        ):
+            with cur.copy(f"copy {table} ({columns}) from stdin") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            counts[table] = len(rows)
+            cur.execute(f"analyze {table}")
+    return {"rows": counts, "total_s": round(time.monotonic() - started, 1)}
