@@ -1,0 +1,1 @@
+"""Metabase: the dashboard definition and its provisioning script (``provision.py``)."""
