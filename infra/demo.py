@@ -13,13 +13,19 @@ import orjson
 
 from collectors.signatures import sign
 from infra.demo_data import jira_deliveries
+from infra.demo_report import summarize_flow_analytics
 from infra.services import Endpoints
 from infra.settings import Settings
 
 Report = Callable[[httpx.AsyncClient], Awaitable[list[str]]]
 
-# Further sections (forecast, aging WIP, DORA) register here.
-REPORTS: list[Report] = []
+
+async def flow_analytics(api: httpx.AsyncClient) -> list[str]:
+    return ["", *await summarize_flow_analytics(api)]
+
+
+# Sections printed after the headline numbers.
+REPORTS: list[Report] = [flow_analytics]
 
 
 async def _wait(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:

@@ -14,7 +14,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import IncompatibleBrokerVersion, KafkaError, TopicAlreadyExistsError, for_code
 
 from infra.topic_config import TopicSpec, configs_to_apply, topic_overrides
 
@@ -162,5 +162,8 @@ async def _reconcile_topics(
             for response in await admin.alter_configs(changes):
                 _raise_for_topic_errors(response.to_object()["resources"], "alter configs of")
             log.info("topic_configs_applied", topics=[c.name for c in changes])
+    except IncompatibleBrokerVersion as exc:
+        # Brokers without DescribeConfigs/AlterConfigs (the embedded Tansu): expected.
+        log.info("topic_configs_unsupported_by_broker", topics=names, error=repr(exc))
     except KafkaError as exc:
         log.warning("topic_configs_not_reconciled", topics=names, error=repr(exc))
