@@ -132,10 +132,11 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every configured secret, for the log redaction to scrub verbatim."""
+        # Every SecretStr field, so a secret added later is redacted without a change here.
         values = [
-            s.get_secret_value()
-            for s in (self.jira_webhook_secret, self.github_webhook_secret, self.ingest_token)
-            if s is not None
+            value.get_secret_value()
+            for name in type(self).model_fields
+            if isinstance(value := getattr(self, name), SecretStr)
         ]
         values += [_url_password(u) for u in (self.database_url, self.api_database_url)]
         return [v for v in values if v]
