@@ -122,6 +122,17 @@ async def dora_metrics(conn: AsyncConnection[Any], f: DoraFilters) -> dict[str, 
             params,
         )
         restore = await cur.fetchone()
+        # The incidents behind CFR's "incident" failures, with the service path each took.
+        await cur.execute(
+            f"""select i.incident_id, i.service, i.opened_at, i.attribution, i.service_path,
+                       p.deployment_id, p.service as deployment_service
+                from incidents i join production_deployments p using (deployment_id)
+                where %(start)s <= p.finished_at and p.finished_at < %(end)s
+                  and {f.where("p")[0]}
+                order by i.opened_at, i.incident_id""",
+            params,
+        )
+        attributed = [_jsonable(r) for r in await cur.fetchall()]
     assert counts is not None and lead is not None and restore is not None
     span_days = (f.end - f.start).total_seconds() / SECONDS_PER_DAY
     successful, finished, failed = (int(counts[k]) for k in ("successful", "finished", "failed"))
@@ -139,6 +150,7 @@ async def dora_metrics(conn: AsyncConnection[Any], f: DoraFilters) -> dict[str, 
         "time_to_restore_hours": {"p50": _hours(restore["p50"]), "p85": _hours(restore["p85"])},
         "deployments": finished,
         "failed_deployments": failed,
+        "attributed_incidents": attributed,
     }
 
 
@@ -196,7 +208,8 @@ async def list_deployments(
             row = {**_jsonable(r), "lead_time_hours": _hours(lead)}
             changes[row.pop("deployment_id")].append(row)
         await cur.execute(
-            """select deployment_id, incident_id, title, opened_at, resolved_at, attribution
+            """select deployment_id, incident_id, service, title, opened_at, resolved_at,
+                      attribution, service_path
                from incidents where deployment_id = any(%s) order by opened_at, incident_id""",
             (ids,),
         )

@@ -18,6 +18,11 @@ and its rows are replaced: deleted by service (and by key, for the rare row
 that moved service) and re-COPYed, inside the batch's transaction. A
 transaction-scoped advisory lock per service keeps two processors from
 replacing the same service's rows at once.
+
+With an ``attribution`` step (:class:`processor.services_store.IncidentAttribution`),
+incidents without an explicit link are then re-attributed through the service
+dependency graph — those of the refreshed services and of the services that
+depend on them — and the ``incident`` failures follow (``docs/services.md``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import astuple, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection
 
@@ -40,6 +45,9 @@ from processor.dora import (
     fold_service,
 )
 from schemas.events import CanonicalEvent, parse_event
+
+if TYPE_CHECKING:
+    from processor.services_store import IncidentAttribution
 
 REPO, SERVICE = "repo:", "service:"
 
@@ -71,8 +79,11 @@ class DoraProjection:
         "incident.resolved",
     })
 
-    def __init__(self, config: DoraConfig) -> None:
+    def __init__(
+        self, config: DoraConfig, attribution: IncidentAttribution | None = None
+    ) -> None:
         self.config = config
+        self.attribution = attribution
 
     def entity_of(self, event: CanonicalEvent) -> str:
         if event.type.startswith("incident."):
@@ -105,6 +116,8 @@ class DoraProjection:
             # A service's events come from several partitions (repository- and
             # service-keyed), so two processors can refresh it at once: serialize on
             # the service, in one global order, before reading what feeds it.
+            if self.attribution is not None:
+                await self.attribution.lock(conn)  # first: it can touch other services
             for lock in sorted({_lock_key(s) for s in services}):
                 await cur.execute("select pg_advisory_xact_lock(%s)", (lock,))
             await cur.execute(
@@ -128,7 +141,20 @@ class DoraProjection:
             history = [e for r in sorted(feeds[service]) for e in by_entity[REPO + r]]
             history += by_entity[SERVICE + service]
             projections.append(fold_service(service, history, self.config))
+        previous: list[str] = []
+        if self.attribution is not None:
+            async with conn.cursor() as cur:
+                await cur.execute(
+                    """select deployment_id from incidents
+                       where service = any(%s) and deployment_id is not null""",
+                    (sorted(services),),
+                )
+                previous = [d for (d,) in await cur.fetchall()]
         await replace_rows(conn, sorted(services), projections)
+        if self.attribution is not None:
+            await self.attribution.reattribute(
+                conn, sorted(services), rewritten=sorted(services), previous_targets=previous
+            )
 
 
 async def replace_rows(

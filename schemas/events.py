@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 SCHEMA_VERSION: Final = 1
 
@@ -180,6 +180,38 @@ class IncidentResolved(_Envelope):
     resolved_at: AwareDatetime
 
 
+class ServiceDeclared(_Envelope):
+    """A service of the catalog: its owning team and the repositories and Jira
+    projects that feed it. The latest ``occurred_at`` wins."""
+
+    type: Literal["service.declared"] = "service.declared"
+    service: NonEmpty
+    team: str = ""
+    repos: tuple[str, ...] = ()
+    jira_projects: tuple[str, ...] = ()
+    description: str = ""
+
+
+class ServiceEdgeObserved(_Envelope):
+    """``client`` called ``server`` (the OpenTelemetry service graph), seen at
+    ``occurred_at``. ``connection_type`` is the graph's label (``""`` for a plain
+    request, ``messaging_system``, ``database``, ``virtual_node``; several, comma
+    separated, when the pair had several series); ``asynchronous``: every series
+    of the pair went through a messaging system."""
+
+    type: Literal["service_edge.observed"] = "service_edge.observed"
+    client: NonEmpty
+    server: NonEmpty
+    connection_type: str = ""
+    asynchronous: bool = False
+
+    @model_validator(mode="after")
+    def _no_self_loop(self) -> ServiceEdgeObserved:
+        if self.client == self.server:
+            raise ValueError("a service edge joins two different services")
+        return self
+
+
 CanonicalEvent = Annotated[
     WorkItemUpserted
     | WorkItemTransitioned
@@ -188,7 +220,9 @@ CanonicalEvent = Annotated[
     | PullRequestEvent
     | DeploymentRecorded
     | IncidentOpened
-    | IncidentResolved,
+    | IncidentResolved
+    | ServiceDeclared
+    | ServiceEdgeObserved,
     Field(discriminator="type"),
 ]
 
@@ -201,6 +235,8 @@ EVENT_MODELS: tuple[type[_Envelope], ...] = (
     DeploymentRecorded,
     IncidentOpened,
     IncidentResolved,
+    ServiceDeclared,
+    ServiceEdgeObserved,
 )
 
 _EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(CanonicalEvent)

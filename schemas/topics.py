@@ -46,7 +46,9 @@ def partition_key(event: Any) -> str:
       traced per repository);
     - deployments: ``<repo>`` as well, so a deployment's status updates and the
       rollbacks that follow stay in order;
-    - incidents: the service.
+    - incidents: the service;
+    - service declarations: the service; service edges: the (client, server) pair,
+      so one edge's observations stay in order.
     """
     kind = event.type.split(".", 1)[0]
     if kind in ("work_item", "pull_request"):
@@ -55,4 +57,8 @@ def partition_key(event: Any) -> str:
         return str(event.repo)
     if kind == "incident":
         return f"incident:{event.service}"
+    if kind == "service":
+        return f"service:{event.service}"
+    if kind == "service_edge":
+        return f"service_edge:{event.client}->{event.server}"
     raise ValueError(f"no key rule for event type {event.type!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import astuple
+from dataclasses import astuple, fields
 from typing import Any
 
 import pytest
@@ -13,7 +13,7 @@ import pytest_asyncio
 from psycopg import AsyncConnection
 
 from processor.consumer import EventStore
-from processor.dora import DoraConfig, DoraEvent, fold_service
+from processor.dora import DoraConfig, DoraEvent, IncidentRow, fold_service
 from processor.dora_store import DoraProjection
 from processor.projections import ProjectionRegistry
 from tests.pipeline import wait_for
@@ -39,8 +39,10 @@ async def fold(conn: AsyncConnection[Any], events: Sequence[DoraEvent]) -> None:
 
 
 async def rows(conn: AsyncConnection[Any], table: str, key: str) -> list[tuple[Any, ...]]:
+    # The fold's own columns (incidents.service_path is the attribution step's, 0005).
+    columns = ", ".join(f.name for f in fields(IncidentRow)) if table == "incidents" else "*"
     async with conn.cursor() as cur:
-        await cur.execute(f"select * from {table} order by {key}")
+        await cur.execute(f"select {columns} from {table} order by {key}")
         return [tuple(r) for r in await cur.fetchall()]
 
 
