@@ -7,6 +7,13 @@ flowmetrics demo      ``up`` + a synthetic dataset through the real webhooks,
                       then the headline numbers (DEMO_EXIT=1: exit after)
 flowmetrics migrate   schema and topics
 flowmetrics collect | process | serve   one service each, for production
+flowmetrics api-key create NAME | revoke KEY_ID | list   the API's bearer keys
+flowmetrics backfill jira --project KEY --since DATE | github --repo OWNER/NAME --since DATE
+                      history from the REST APIs (see docs/backfill.md)
+flowmetrics reconcile catch every configured scope up from its cursor (for a schedule)
+flowmetrics replay | rebuild | dlq list | dlq redrive   recover from the kept raw
+                      payloads, the stored events, the dead-letter topic
+                      (docs/operations-durability.md)
 """
 
 from __future__ import annotations
@@ -25,8 +32,11 @@ from typing import Any
 
 import structlog
 
+from collectors.backfill.command import add_backfill_parsers, run_backfill_command
+from infra.api_keys_cli import add_api_key_parser, run_api_key_command
 from infra.db import migrate
-from infra.kafka import ensure_topics
+from infra.durability_cli import add_durability_parsers, run_durability_command
+from infra.kafka import BrokerUnavailable, ensure_topics
 from infra.logging import configure_logging
 from infra.services import (
     Endpoints,
@@ -36,6 +46,7 @@ from infra.services import (
     topics_for,
 )
 from infra.settings import Settings
+from infra.topic_config import topic_specs
 
 log = structlog.get_logger("cli")
 
@@ -65,9 +76,17 @@ def backends(settings: Settings, *, embedded_ok: bool = True) -> Iterator[Endpoi
         yield Endpoints(database_url=database_url, kafka_bootstrap=bootstrap)
 
 
-async def prepare(settings: Settings, ends: Endpoints) -> None:
+async def prepare(settings: Settings, ends: Endpoints, *, broker_optional: bool = False) -> None:
     await asyncio.to_thread(migrate, ends.database_url)
-    await ensure_topics(ends.kafka_bootstrap, topics_for(settings).all())
+    topics = topics_for(settings)
+    try:
+        await ensure_topics(ends.kafka_bootstrap, topics.all(), specs=topic_specs(topics),
+                            attempts=3 if broker_optional else 30)  # fmt: skip
+    except BrokerUnavailable as exc:
+        if not broker_optional:
+            raise
+        # The collectors accept into their spool and create the topics once it answers.
+        log.warning("broker_unavailable_at_start", error=str(exc))
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -115,6 +134,7 @@ def _run(
     services: list[Service],
     *,
     embedded_ok: bool = True,
+    broker_optional: bool = False,
     after_start: Callable[[Settings, Endpoints, asyncio.Event], Awaitable[None]] | None = None,
 ) -> None:
     with backends(settings, embedded_ok=embedded_ok) as ends:
@@ -122,7 +142,7 @@ def _run(
         async def main() -> None:
             stop = asyncio.Event()
             _stop_on_signals(stop)
-            await prepare(settings, ends)
+            await prepare(settings, ends, broker_optional=broker_optional)
             hook = None
             if after_start is not None:
 
@@ -180,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("serve", "run the read-only API"),
     ):
         sub.add_parser(name, help=text)
+    add_api_key_parser(sub)
+    add_backfill_parsers(sub)
+    add_durability_parsers(sub)
     return parser
 
 
@@ -191,16 +214,35 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.setdefault("FLOW_JIRA_WEBHOOK_SECRET", secrets.token_hex(16))
         os.environ.setdefault("FLOW_GITHUB_WEBHOOK_SECRET", secrets.token_hex(16))
     try:
-        settings = Settings()
+        # These serve nothing, so the webhook secrets a server needs are not asked for.
+        serves_nothing = args.command in ("api-key", "replay", "rebuild", "dlq")
+        settings = Settings(allow_unsigned=True) if serves_nothing else Settings()
     except ValueError as exc:
         print(f"flowmetrics: invalid settings: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    configure_logging(settings.log_level, json=settings.log_json)
+    configure_logging(settings.log_level, json=settings.log_json, secrets=settings.secret_values())
+    if args.command == "api-key":
+        raise SystemExit(run_api_key_command(settings.database_url, args))
+    if args.command in ("replay", "rebuild", "dlq"):
+        raise SystemExit(run_durability_command(settings, args))
+    if args.command in ("backfill", "reconcile"):
+        with backends(settings, embedded_ok=False) as ends:
+            asyncio.run(prepare(settings, ends))
+            raise SystemExit(
+                run_backfill_command(
+                    settings,
+                    args,
+                    database_url=ends.database_url,
+                    kafka_bootstrap=ends.kafka_bootstrap,
+                )
+            )
     commands: dict[str, Callable[[], Any]] = {
         "up": lambda: _run(settings, [run_collectors, run_processor, run_api]),
         "demo": lambda: cmd_demo(settings),
         "migrate": lambda: cmd_migrate(settings),
-        "collect": lambda: _run(settings, [run_collectors], embedded_ok=False),
+        "collect": lambda: _run(
+            settings, [run_collectors], embedded_ok=False, broker_optional=True
+        ),
         "process": lambda: _run(settings, [run_processor], embedded_ok=False),
         "serve": lambda: _run(settings, [run_api], embedded_ok=False),
     }

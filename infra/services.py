@@ -61,6 +61,17 @@ def stage_config(settings: Settings) -> StageConfig:
     return load_stage_config(settings.stages_file)
 
 
+def github_mapping(settings: Settings) -> GitHubMapping:
+    """The one GitHub mapping of a deployment: webhooks, backfill and replay must
+    name services and recognise incidents and deployments alike."""
+    return GitHubMapping(
+        incident_label=settings.github_incident_label,
+        deploy_workflow_pattern=settings.github_deploy_workflow_pattern,
+        workflow_environment=settings.github_workflow_environment,
+        service_for_repo=load_catalog(settings.services_file).service_for_repo(),
+    )
+
+
 def projections(settings: Settings, stages: StageConfig) -> list[Projection]:
     """Every projection the processor folds into; a new domain registers here."""
     dora = load_dora_config(settings.dora_file)
@@ -151,7 +162,7 @@ async def run_collectors(settings: Settings, ends: Endpoints, stop: asyncio.Even
             config,
             publisher,
             stage_config(settings),
-            GitHubMapping(service_for_repo=catalog.service_for_repo()),
+            github_mapping(settings),
             readiness=publisher.readiness,
         )
         log.info("collectors_listening", port=settings.collector_port)
@@ -175,6 +186,9 @@ async def run_processor(settings: Settings, ends: Endpoints, stop: asyncio.Event
         topics.events,
         session_timeout_ms=session_ms,
         heartbeat_interval_ms=max(session_ms // 3, 100),
+        # Partitions added to the events topic (a broker rebuilt with the spec's
+        # count) are picked up within seconds, not aiokafka's default 5 minutes.
+        metadata_max_age_ms=10_000,
     )
     producer = make_producer(ends.kafka_bootstrap, idempotent=settings.kafka_idempotent_producer)
     await producer.start()

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     max_batch_events: int = 1000
 
     stages_file: Path | None = None
+    # GitHub → flowmetrics: the label that makes an issue an incident, and the
+    # workflow-run names that are deployments (unset: none; see docs/dora.md).
+    github_incident_label: str = "incident"
+    github_deploy_workflow_pattern: str | None = None
+    github_workflow_environment: str = "production"
     dora_file: Path | None = None
 
     # --- services and their dependency graph (docs/services.md) -----------------

@@ -10,7 +10,12 @@ Errors:
 - the database unreachable: nothing is committed, the batch is retried with
   backoff until the database returns;
 - any other database error: the batch is retried event by event so the one
-  poison event is dead-lettered and the rest folded.
+  poison event is dead-lettered and the rest folded;
+- a dead letter the broker does not take: retried with backoff; the offsets
+  wait for it;
+- the offset commit refused (a rebalance, the broker gone or restarted): logged;
+  the batch is read again by the partition's next owner and folds nothing twice;
+- asked to stop while waiting for either: the batch's offsets stay uncommitted.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import orjson
 import psycopg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaError
 from psycopg import AsyncConnection
 from pydantic import ValidationError
 
@@ -34,6 +40,11 @@ from processor.projections import ProjectionRegistry
 from schemas.events import CanonicalEvent, parse_event
 
 log = structlog.get_logger("processor")
+
+
+class ProcessorStopped(Exception):
+    """Asked to stop while a batch waited for the database or the broker: its
+    offsets stay uncommitted, so it is read again after the restart."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,8 @@ class EventStore:
         self.registry = registry
 
     async def fold(self, conn: AsyncConnection[Any], events: Sequence[CanonicalEvent]) -> int:
-        """Store the events not seen before and refresh what they touch; returns how many were new."""
+        """Store the events not seen before and refresh what they touch; returns how many
+        were new."""
         rows = []
         seen: set[str] = set()
         for event in events:
@@ -151,12 +163,28 @@ class Processor:
                 records = [r for part in batch.values() for r in part]
                 if records:
                     await self.handle(records, stop)
-                    await self.consumer.commit()
+                    await self._commit(records)
                     self.batches += 1
                 await self._report_lag()
+        except ProcessorStopped:
+            log.info("processor_stopped_mid_batch", detail="offsets not committed")
         finally:
             if self._conn is not None:
                 await self._conn.close()
+
+    async def _commit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        try:
+            await self.consumer.commit()
+        except KafkaError as exc:
+            # A rebalance moved the partitions (CommitFailedError) or the broker is
+            # gone. The batch is in the database already; whoever owns the
+            # partitions next reads it again and, by event id, folds nothing twice.
+            log.warning(
+                "offset_commit_failed",
+                error=repr(exc),
+                partitions=sorted({f"{r.topic}:{r.partition}" for r in records}),
+                last_offset=max(r.offset for r in records),
+            )
 
     async def _report_lag(self) -> None:
         for tp in self.consumer.assignment():
@@ -182,15 +210,38 @@ class Processor:
                 offset=letter.record.offset,
                 reason=letter.reason,
             )
-            await self.producer.send_and_wait(
-                self.dlq_topic, dead_letter_payload(letter), key=letter.record.key
-            )
+            await self._send_dead_letter(letter, stop)
             EVENTS_DEAD.inc()
         EVENTS_FOLDED.inc(len(decoded))
 
+    async def _send_dead_letter(self, letter: DeadLetter, stop: asyncio.Event) -> None:
+        """Until the broker takes it: the batch's offsets wait for its dead letters."""
+        delay = 0.1
+        while True:
+            try:
+                await self.producer.send_and_wait(
+                    self.dlq_topic, dead_letter_payload(letter), key=letter.record.key
+                )
+                return
+            except KafkaError as exc:
+                if stop.is_set():
+                    raise ProcessorStopped from exc
+                log.warning(
+                    "dead_letter_send_failed",
+                    topic=letter.record.topic,
+                    partition=letter.record.partition,
+                    offset=letter.record.offset,
+                    error=repr(exc),
+                    retry_in_s=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def _connection(self) -> AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = await AsyncConnection.connect(self.dsn)
+            self._conn = await AsyncConnection.connect(
+                self.dsn, connect_timeout=10, keepalives_idle=30, keepalives_interval=10
+            )
         return self._conn
 
     async def _fold_once(self, events: Sequence[CanonicalEvent]) -> None:
@@ -205,11 +256,17 @@ class Processor:
         stop: asyncio.Event,
     ) -> list[DeadLetter]:
         delay = 0.1
+        isolating = False
         while True:
             try:
+                if isolating:
+                    return await self._fold_one_by_one(decoded)
                 await self._fold_once(events)
                 return []
             except psycopg.OperationalError as exc:
+                # Also while isolating: a database outage is never a poison event.
+                if stop.is_set():
+                    raise ProcessorStopped from exc
                 log.warning("database_unavailable", error=str(exc), retry_in_s=delay)
                 if self._conn is not None:
                     await self._conn.close()
@@ -218,7 +275,7 @@ class Processor:
                 delay = min(delay * 2, 5.0)
             except psycopg.Error as exc:
                 log.error("batch_failed_isolating", error=str(exc), events=len(events))
-                return await self._fold_one_by_one(decoded)
+                isolating = True
 
     async def _fold_one_by_one(self, decoded: list[DecodedRecord]) -> list[DeadLetter]:
         dead: list[DeadLetter] = []

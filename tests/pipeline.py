@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -90,7 +93,14 @@ class Pipeline:
         return await self.collector.post("/webhooks/github", content=raw, headers=headers)
 
     async def settle(self, timeout: float = 30.0) -> None:
-        """Wait until the processor has committed every record on the events topic."""
+        """Wait until nothing waits in the collector's spool and the processor has
+        committed every record on the events topic."""
+
+        async def spool_drained() -> bool:
+            state = (await self.collector.get("/ready")).json()
+            return state.get("spool_depth", 0) == 0
+
+        await wait_for(spool_drained, timeout=timeout, what="the collector's spool to drain")
         await wait_for_group_caught_up(
             self.ends.kafka_bootstrap,
             self.settings.consumer_group,
@@ -109,39 +119,69 @@ class Pipeline:
 async def wait_for_group_caught_up(
     bootstrap: str, group: str, topic: str, *, timeout: float = 30.0
 ) -> None:
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    """Caught up = the committed offset of every partition is its high watermark, as a
+    fetch reports it: Tansu 0.6 answers ListOffsets(latest) below the real end after a
+    produce request that carried several records."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await probe.start()
     await admin.start()
     try:
-        partitions = probe.partitions_for_topic(topic) or set()
-        if not partitions:
-            await probe.topics()  # refresh metadata
-            partitions = probe.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = await _partitions(bootstrap, topic)
 
         async def caught_up() -> bool:
-            ends = await probe.end_offsets(tps)
-            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-            for tp in tps:
-                meta = committed.get(tp)
-                done = meta.offset if meta is not None and meta.offset >= 0 else 0
-                if done < ends[tp]:
-                    return False
-            return True
+            offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+            committed = {tp: max(meta.offset, 0) for tp, meta in offsets.items() if tp in set(tps)}
+            ends = await _fetched_ends(bootstrap, tps, committed)
+            return all(committed.get(tp, 0) >= end for tp, end in ends.items())
 
         await wait_for(caught_up, timeout=timeout, what=f"group {group} to catch up on {topic}")
     finally:
         await admin.close()
+
+
+async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await probe.start()
+    try:
+        await probe.topics()
+        return [TopicPartition(topic, p) for p in sorted(probe.partitions_for_topic(topic) or ())]
+    finally:
         await probe.stop()
+
+
+async def _fetched_ends(
+    bootstrap: str, tps: list[TopicPartition], start: dict[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    """Each partition's high watermark from a fresh fetch (a partition with no answer
+    yet counts as not caught up)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=10)  # fmt: skip
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, start.get(tp, 0))
+        ends: dict[TopicPartition, int] = {}
+        deadline = time.monotonic() + 5
+        while len(ends) < len(tps) and time.monotonic() < deadline:
+            await consumer.getmany(timeout_ms=50)
+            for tp in tps:
+                high = consumer.highwater(tp)
+                if high is not None:
+                    ends[tp] = high
+        return {tp: ends.get(tp, start.get(tp, 0) + 1) for tp in tps}
+    finally:
+        await consumer.stop()
 
 
 @asynccontextmanager
 async def running_pipeline(
     db_dsn: str, kafka_bootstrap: str, topics: Topics, **overrides: Any
 ) -> AsyncIterator[Pipeline]:
+    # FLOW_HOME holds the collector's spool: one per pipeline, gone afterwards.
+    scratch = Path(tempfile.mkdtemp(prefix="fm-home-"))
     options: dict[str, Any] = {
         "env": "development",
+        "home": scratch,
         "database_url": db_dsn,
         "kafka_bootstrap": kafka_bootstrap,
         "topic_prefix": topics.prefix,
@@ -185,3 +225,4 @@ async def running_pipeline(
         await asyncio.gather(*tasks, return_exceptions=True)
         await collector.aclose()
         await api.aclose()
+        shutil.rmtree(scratch, ignore_errors=True)

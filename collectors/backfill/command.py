@@ -31,9 +31,9 @@ from collectors.backfill.progress import Progress, make_progress
 from collectors.backfill.reader import ScopeReader
 from collectors.backfill.runner import RunOptions, ScopeOutcome, run_scope
 from collectors.exceptions import CollectorError
-from collectors.github import GitHubMapping
 from collectors.publisher import KafkaPublisher
 from infra.kafka import BrokerUnavailable, make_producer
+from infra.services import github_mapping
 from infra.settings import Settings
 from processor.stages import load_stage_config
 from schemas.topics import Topics
@@ -298,7 +298,7 @@ async def run_request(
 ) -> list[ScopeOutcome | BaseException]:
     """Run every scope of ``request`` in turn; a failed scope does not stop the others."""
     stages = load_stage_config(settings.stages_file)
-    mapping = GitHubMapping()
+    mapping = github_mapping(settings)
     outcomes: list[ScopeOutcome | BaseException] = []
     async with AsyncExitStack() as stack:
         readers: list[ScopeReader] = []
