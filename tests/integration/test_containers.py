@@ -10,6 +10,7 @@ Apache Kafka. Without a Docker engine they are skipped, and the skip says why.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -54,8 +55,13 @@ def test_without_a_docker_engine_the_containers_backend_skips_with_the_reason() 
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 skipped" in result.stdout
-    assert "FLOW_TEST_BACKEND=containers, but no Docker engine answers" in result.stdout
-    assert "unix:///nonexistent/docker.sock" in result.stdout
+    # Either reason is right: no docker client library installed, or no engine
+    # at the configured address.
+    assert re.search(
+        r"FLOW_TEST_BACKEND=containers, but (no Docker engine answers at "
+        r"unix:///nonexistent/docker\.sock|docker is not installed)",
+        result.stdout,
+    ), result.stdout
 
 
 @needs_containers
