@@ -9,27 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-PROBLEM_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["type", "title", "status", "detail"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"description": "A sentence, or the list of invalid parameters"},
-    },
-}
+from infra.problem_docs import problem_responses as shared_problem_responses
+from infra.problem_docs import problem_schema
+
+# The API's 422 detail is the list of invalid parameters, so it is not typed.
+PROBLEM_SCHEMA = problem_schema({"description": "A sentence, or the list of invalid parameters"})
 
 
 def problem_responses(codes: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
     """``{status: description}`` → FastAPI ``responses=`` entries with the problem body."""
-    return {
-        status: {
-            "description": description,
-            "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
-        }
-        for status, description in codes.items()
-    }
+    return shared_problem_responses(codes, PROBLEM_SCHEMA)
 
 
 # What any /api/v1 operation may answer besides 200 (422 replaces FastAPI's

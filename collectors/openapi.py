@@ -9,26 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-_PROBLEM: dict[str, Any] = {
-    "type": "object",
-    "required": ["type", "title", "status", "detail"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-    },
-}
+from infra.problem_docs import problem_responses, problem_schema
+
+_PROBLEM = problem_schema({"type": "string"})
 
 
 def _problems(codes: dict[int, str]) -> dict[int | str, dict[str, Any]]:
-    return {
-        code: {
-            "description": text,
-            "content": {"application/problem+json": {"schema": _PROBLEM}},
-        }
-        for code, text in codes.items()
-    }
+    return problem_responses(codes, _PROBLEM)
 
 
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
