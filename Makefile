@@ -46,11 +46,20 @@ lint: $(STAMP) ## ruff + mypy (strict on the packages)
 schemas: $(STAMP) ## Regenerate schemas/jsonschema/*.json from the event models
 	$(BIN)/python -m schemas.jsonschema_gen
 
-bench: $(STAMP) ## Benchmarks (not part of `make test`); results in bench/results/
+# The Faust peer gets a venv of its own: faust-streaming pins click<8.4, which the
+# test extra's check-jsonschema (click>=8.5) cannot share.
+FAUST_VENV ?= .venv-faust
+
+$(FAUST_VENV)/.installed: bench/faust-requirements.txt
+	$(PYTHON) -m venv $(FAUST_VENV)
+	$(FAUST_VENV)/bin/python -m pip install --quiet -r bench/faust-requirements.txt
+	@touch $@
+
+bench: $(STAMP) $(FAUST_VENV)/.installed ## Benchmarks (not part of `make test`); results in bench/results/
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	FLOW_BENCH_FAUST_PYTHON=$(FAUST_VENV)/bin/python $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean: ## Remove the venv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(FAUST_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
 .PHONY: help install demo up test test-unit test-integration lint schemas bench clean

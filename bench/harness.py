@@ -284,10 +284,17 @@ class Child:
 
 
 def python_child(
-    name: str, module: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None
+    name: str,
+    module: str,
+    args: list[str],
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    python: str | None = None,
 ) -> Child:
-    """A bench module in its own process; it prints its result as JSON on stdout."""
-    return Child(name, [sys.executable, "-m", module, *args], env or {}, log_dir, capture=True)
+    """A bench module in its own process (``python``: another interpreter, e.g. the
+    Faust peer's venv); it prints its result as JSON on stdout."""
+    argv = [python or sys.executable, "-m", module, *args]
+    return Child(name, argv, env or {}, log_dir, capture=True)
 
 
 def flowmetrics_env(dsn: str, bootstrap: str, prefix: str, **extra: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ cores with another.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from bench.harness import (
     preload,
     python_child,
 )
+from processor import deferred
 from schemas.topics import Topics
 
 
@@ -113,6 +115,11 @@ async def run_processor(
         group_id = env["FLOW_CONSUMER_GROUP"]
         async with GroupProgress(backends.bootstrap, group_id, tps, stats.events) as group:
             seconds, done = await group.wait_done(child, timeout, progress)
+        offsets_at = seconds
+        if seconds is not None:
+            # Offsets commit after each batch; the deferred projections (DORA) refresh
+            # after the batches: the clock stops when they are current too.
+            seconds = await _deferred_current(dsn, child, timeout - seconds)
         child.sample()
     finally:
         if spy is not None:
@@ -125,6 +132,7 @@ async def run_processor(
         "seconds": seconds,
         "events_per_s": n / seconds if seconds else None,
         "committed": done,
+        "offsets_committed_s": offsets_at,
         "startup_s": first_commit,
         # From the first commit on (the group joined, the first batch folded).
         "steady_events_per_s": (
@@ -138,6 +146,18 @@ async def run_processor(
         result["error"] = f"not caught up after {timeout:.0f}s ({done} committed)"
     result["check"] = derived_check(dsn, stats)
     return result
+
+
+async def _deferred_current(dsn: str, child: Child, timeout: float) -> float | None:
+    """Seconds since ``child`` started until no entity waits for a deferred refresh."""
+    deadline = time.monotonic() + timeout
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            if await deferred.pending(conn) == 0:
+                return time.monotonic() - child.started
+            child.sample()
+            await asyncio.sleep(0.05)
+    return None
 
 
 def _py_spy(child: Child, out: Path) -> subprocess.Popen[bytes]:
@@ -178,6 +198,16 @@ def derived_check(dsn: str, stats: StreamStats) -> dict[str, Any]:
             "completions": count("select count(*) from completions"),
             "daily_stage_arrivals": count("select sum(arrivals) from daily_stage_arrivals"),
             "daily_throughput": count("select sum(items) from daily_throughput"),
+            "deployments": count("select count(*) from deployments"),
+            "incidents": count("select count(*) from incidents"),
+            "deployment_ids_stored": count(
+                "select count(distinct payload->>'deployment_id') from events "
+                "where type = 'deployment.recorded'"
+            ),
+            "incident_ids_opened": count(
+                "select count(distinct payload->>'incident_id') from events "
+                "where type = 'incident.opened'"
+            ),
         }
     claimed = stored_types()
     expected = {
@@ -185,6 +215,10 @@ def derived_check(dsn: str, stats: StreamStats) -> dict[str, Any]:
         "transitions": stats.transitions,
         "daily_stage_arrivals": stats.transitions,
         "daily_throughput": found["completions"],
+        # DORA is derived after the batches (deferred): every stored deployment and
+        # opened incident must have its row when the clock stops.
+        "deployments": found["deployment_ids_stored"],
+        "incidents": found["incident_ids_opened"],
     }
     if claimed is not None:
         expected["events"] = sum(n for t, n in stats.distinct_by_type.items() if t in claimed)
@@ -226,16 +260,24 @@ async def run_faust(
         "--datadir",
         str(backends.home / "faust"),
     ]
-    result = await _drain_child("faust", "bench.faust_peer", args, n, log_dir, timeout)
+    # `make bench` builds the peer's own venv (faust-streaming's click pin clashes).
+    python = os.environ.get("FLOW_BENCH_FAUST_PYTHON")
+    result = await _drain_child("faust", "bench.faust_peer", args, n, log_dir, timeout, python)
     if "error" not in result and not result.pop("complete", True):
         result["note"] = f"timed out after {timeout:.0f}s; rate over the {result['events']} seen"
     return result
 
 
 async def _drain_child(
-    name: str, module: str, args: list[str], n: int, log_dir: Path, timeout: float
+    name: str,
+    module: str,
+    args: list[str],
+    n: int,
+    log_dir: Path,
+    timeout: float,
+    python: str | None = None,
 ) -> dict[str, Any]:
-    child = python_child(name, module, args, log_dir)
+    child = python_child(name, module, args, log_dir, python=python)
     deadline = time.monotonic() + timeout
     while child.popen.poll() is None and time.monotonic() < deadline:
         child.sample()

@@ -33,7 +33,7 @@ from infra.kafka import ensure_topics, make_consumer, make_producer
 from infra.services_catalog import load_catalog
 from infra.settings import Settings
 from infra.topic_config import topic_specs
-from processor.consumer import Processor
+from processor.consumer import Processor, tune_gc
 from processor.dora import load_dora_config
 from processor.dora_store import DoraProjection
 from processor.projections import Projection, ProjectionRegistry
@@ -82,7 +82,7 @@ def projections(settings: Settings, stages: StageConfig) -> list[Projection]:
         stale_after=stale_after,
     )
     return [
-        WorkItemsProjection(stages),
+        WorkItemsProjection(stages, cache_events=settings.processor_history_cache_events),
         DoraProjection(dora, attribution),
         ServicesProjection(attribution, stale_after),
     ]
@@ -177,6 +177,7 @@ async def run_collectors(settings: Settings, ends: Endpoints, stop: asyncio.Even
 
 
 async def run_processor(settings: Settings, ends: Endpoints, stop: asyncio.Event) -> None:
+    tune_gc()
     topics = topics_for(settings)
     stages = stage_config(settings)
     session_ms = settings.consumer_session_timeout_ms
@@ -202,6 +203,9 @@ async def run_processor(settings: Settings, ends: Endpoints, stop: asyncio.Event
             dlq_topic=topics.dlq,
             batch_max=settings.processor_batch_max,
             poll_ms=settings.processor_poll_ms,
+            deferred=settings.processor_deferred_projections,
+            deferred_min_interval_s=settings.processor_deferred_min_interval_s,
+            deferred_cost_ratio=settings.processor_deferred_cost_ratio,
         )
         log.info("processor_consuming", topic=topics.events, group=settings.consumer_group)
         work = [processor.run(stop)]

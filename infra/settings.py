@@ -87,6 +87,16 @@ class Settings(BaseSettings):
     processor_metrics_host: str = "127.0.0.1"
     processor_batch_max: int = 5000
     processor_poll_ms: int = 200
+    # Work-item histories kept in memory between batches (events; 0: none). Bounds
+    # the cache's memory, not its correctness: every use is checked against the store.
+    processor_history_cache_events: int = 60_000
+    # Projections refreshed in bulk, after the batches, instead of in each batch
+    # (docs/adr/0003). A deferred refresh runs when the processor is idle, else at
+    # most every `max(min_interval, cost_ratio x its last duration)` seconds, so it
+    # takes at most ~1/(1+cost_ratio) of the processor's time at any history size.
+    processor_deferred_projections: tuple[str, ...] = ("dora",)
+    processor_deferred_min_interval_s: float = 2.0
+    processor_deferred_cost_ratio: float = 3.0
 
     # --- collector spool (docs/operations-durability.md) -------------------------
     # Where accepted deliveries wait while Kafka is down; unset: <home>/spool/<prefix>.db.

@@ -22,20 +22,32 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import gc
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import psycopg
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
 from psycopg import AsyncConnection
 from pydantic import ValidationError
 
-from processor.metrics import BATCH_SECONDS, CONSUMER_LAG, EVENTS_DEAD, EVENTS_FOLDED
+from processor import deferred
+from processor.copy_rows import copy_rows, json_text
+from processor.deferred import FlushPolicy
+from processor.metrics import (
+    BATCH_SECONDS,
+    CONSUMER_LAG,
+    DEFERRED_SECONDS,
+    EVENTS_DEAD,
+    EVENTS_FOLDED,
+)
 from processor.projections import ProjectionRegistry
 from schemas.events import CanonicalEvent, parse_event
 
@@ -59,6 +71,15 @@ class DeadLetter:
     reason: str
 
 
+@dataclass(frozen=True)
+class Polled:
+    """One ``getmany``: its records, decoded, and those that did not decode."""
+
+    records: list[ConsumerRecord[bytes, bytes]]
+    decoded: list[DecodedRecord]
+    dead: list[DeadLetter]
+
+
 def dead_letter_payload(letter: DeadLetter) -> bytes:
     r = letter.record
     value = r.value or b""
@@ -78,22 +99,36 @@ def dead_letter_payload(letter: DeadLetter) -> bytes:
     )
 
 
-class EventStore:
-    """The ``events`` table: the idempotency guard and every projection's history."""
+_EVENT_COLUMNS = (
+    "event_id", "type", "source", "projection", "entity", "occurred_at", "received_at", "payload",
+)  # fmt: skip
+_EVENT_TYPES = ("text", "text", "text", "text", "text", "timestamptz", "timestamptz", "jsonb")
 
-    def __init__(self, registry: ProjectionRegistry) -> None:
+
+class EventStore:
+    """The ``events`` table: the idempotency guard and every projection's history.
+
+    Projections named in ``deferred`` are not refreshed in the batch: their touched
+    entities are marked (``processor/deferred.py``) and :meth:`flush` recomputes
+    them later, once for many batches.
+    """
+
+    def __init__(self, registry: ProjectionRegistry, deferred: Iterable[str] = ()) -> None:
         self.registry = registry
+        self.deferred = frozenset(deferred)
+        for name in self.deferred:
+            registry.get(name)  # KeyError now, not at the first batch
 
     async def fold(self, conn: AsyncConnection[Any], events: Sequence[CanonicalEvent]) -> int:
-        """Store the events not seen before and refresh what they touch; returns how many
-        were new."""
+        """Store the events not seen before and refresh (or mark) what they touch;
+        returns how many were new."""
         rows = []
-        seen: set[str] = set()
+        by_id: dict[str, CanonicalEvent] = {}
         for event in events:
             projection = self.registry.for_event(event)
-            if projection is None or event.event_id in seen:
+            if projection is None or event.event_id in by_id:
                 continue
-            seen.add(event.event_id)
+            by_id[event.event_id] = event
             rows.append(
                 (
                     event.event_id,
@@ -103,33 +138,49 @@ class EventStore:
                     projection.entity_of(event),
                     event.occurred_at,
                     event.received_at,
-                    orjson.dumps(event.model_dump(mode="json")).decode(),
+                    json_text(event.model_dump_json()),
                 )
             )
         if not rows:
             return 0
-        touched: dict[str, set[str]] = defaultdict(set)
+        # projection → entity → the events this transaction stored for it
+        fresh: dict[str, dict[str, list[CanonicalEvent]]] = defaultdict(lambda: defaultdict(list))
         async with conn.cursor() as cur:
             await cur.execute(
                 "create temp table if not exists incoming (like events including defaults) "
                 "on commit delete rows"
             )
-            async with cur.copy(
-                "copy incoming (event_id, type, source, projection, entity, occurred_at, "
-                "received_at, payload) from stdin"
-            ) as copy:
-                for row in rows:
-                    await copy.write_row(row)
+            await copy_rows(cur, "incoming", _EVENT_COLUMNS, _EVENT_TYPES, rows)
             await cur.execute(
                 "insert into events select * from incoming on conflict (event_id) do nothing "
-                "returning projection, entity"
+                "returning event_id, projection, entity"
             )
             inserted = await cur.fetchall()
-            for name, entity in inserted:
-                touched[name].add(entity)
-        for name, entities in touched.items():
-            await self.registry.get(name).refresh(conn, sorted(entities))
+            for event_id, name, entity in inserted:
+                fresh[name][entity].append(by_id[event_id])
+        for name, stored in fresh.items():
+            if name in self.deferred:
+                await deferred.mark(conn, name, stored)
+            else:
+                await self.registry.get(name).refresh(conn, sorted(stored), stored)
         return len(inserted)
+
+    async def flush(self, conn: AsyncConnection[Any]) -> int:
+        """Refresh every marked entity of the deferred projections; returns how many."""
+        done = 0
+        for name in sorted(self.deferred):
+            entities = await deferred.take(conn, name)
+            if entities:
+                await self.registry.get(name).refresh(conn, entities)
+                done += len(entities)
+        return done
+
+    def forget(self) -> None:
+        """A transaction rolled back: drop what projections cached from it."""
+        for projection in self.registry.projections:
+            forget = getattr(projection, "forget", None)
+            if forget is not None:
+                forget()
 
 
 class Processor:
@@ -143,38 +194,91 @@ class Processor:
         dlq_topic: str,
         batch_max: int = 5000,
         poll_ms: int = 200,
+        deferred: Iterable[str] = (),
+        deferred_min_interval_s: float = 2.0,
+        deferred_cost_ratio: float = 3.0,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
         self.dsn = dsn
-        self.store = EventStore(registry)
+        self.store = EventStore(registry, deferred)
         self.dlq_topic = dlq_topic
         self.batch_max = batch_max
         self.poll_ms = poll_ms
         self._conn: AsyncConnection[Any] | None = None
         self.batches = 0
+        self.flushes = 0
+        self._flush = FlushPolicy(deferred_min_interval_s, deferred_cost_ratio)
 
     async def run(self, stop: asyncio.Event) -> None:
+        # One poll ahead: the next batch is fetched and decoded (CPU) while this one
+        # waits for PostgreSQL. Offsets are committed per batch, explicitly, so the
+        # prefetched batch is never committed before it is folded.
+        polling = asyncio.create_task(self._poll())
         try:
             while not stop.is_set():
-                batch = await self.consumer.getmany(
-                    timeout_ms=self.poll_ms, max_records=self.batch_max
-                )
-                records = [r for part in batch.values() for r in part]
-                if records:
-                    await self.handle(records, stop)
-                    await self._commit(records)
+                polled = await polling
+                polling = asyncio.create_task(self._poll())
+                if polled.records:
+                    await self.handle(polled, stop)
+                    await self._commit(polled.records)
                     self.batches += 1
+                if self.store.deferred and self._flush.due(idle=not polled.records):
+                    await self._refresh_deferred()
                 await self._report_lag()
         except ProcessorStopped:
             log.info("processor_stopped_mid_batch", detail="offsets not committed")
         finally:
+            polling.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await polling
             if self._conn is not None:
                 await self._conn.close()
 
-    async def _commit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    async def _poll(self) -> Polled:
+        batch = await self.consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_max)
+        records = [r for part in batch.values() for r in part]
+        decoded, dead = decode(records)
+        return Polled(records, decoded, dead)
+
+    async def _refresh_deferred(self) -> None:
+        """Recompute the marked entities of the deferred projections. A failure loses
+        nothing (the marks roll back with it); it is retried after a backoff."""
+        started = time.monotonic()
         try:
-            await self.consumer.commit()
+            conn = await self._connection()
+            with DEFERRED_SECONDS.time():
+                async with conn.transaction():
+                    refreshed = await self.store.flush(conn)
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError) and self._conn is not None:
+                await self._conn.close()
+                self._conn = None
+            retry_in = self._flush.failed()
+            log.error("deferred_refresh_failed", error=str(exc), retry_in_s=retry_in)
+            return
+        seconds = self._flush.done(time.monotonic() - started)
+        self.flushes += 1
+        if refreshed:
+            log.info(
+                "deferred_refreshed",
+                entities=refreshed,
+                seconds=round(seconds, 3),
+                next_in_s=round(self._flush.interval, 3),
+            )
+
+    async def _commit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+        assigned = self.consumer.assignment()
+        mine = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        try:
+            if mine:
+                await self.consumer.commit(mine)
+            if len(mine) < len(offsets):
+                raise CommitFailedError("partitions moved to another member before the commit")
         except KafkaError as exc:
             # A rebalance moved the partitions (CommitFailedError) or the broker is
             # gone. The batch is in the database already; whoever owns the
@@ -196,10 +300,8 @@ class Processor:
                 max(high - position, 0)
             )
 
-    async def handle(
-        self, records: list[ConsumerRecord[bytes, bytes]], stop: asyncio.Event
-    ) -> None:
-        decoded, dead = decode(records)
+    async def handle(self, polled: Polled, stop: asyncio.Event) -> None:
+        decoded, dead = polled.decoded, list(polled.dead)
         with BATCH_SECONDS.time():
             dead.extend(await self._fold_with_retry([d.event for d in decoded], decoded, stop))
         for letter in dead:
@@ -246,8 +348,14 @@ class Processor:
 
     async def _fold_once(self, events: Sequence[CanonicalEvent]) -> None:
         conn = await self._connection()
-        async with conn.transaction():
-            await self.store.fold(conn, events)
+        try:
+            async with conn.transaction():
+                await self.store.fold(conn, events)
+        except BaseException:
+            self.store.forget()
+            raise
+        if self.store.deferred:
+            self._flush.marked()
 
     async def _fold_with_retry(
         self,
@@ -287,6 +395,17 @@ class Processor:
             except psycopg.Error as exc:
                 dead.append(DeadLetter(item.record, f"fold failed: {exc}"))
         return dead
+
+
+def tune_gc(young: int = 200_000) -> None:
+    """Fewer cyclic-GC passes: the processor allocates hundreds of thousands of small
+    objects per second (events, rows) and keeps a large cache; with the default
+    threshold (700) every young collection also walks what survived, which cost up
+    to a third of its time (docs/adr/0003). Objects alive at start are frozen out
+    of every collection."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(young, middle, old)
 
 
 def decode(

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import astuple, fields
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import fields
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection
 
+from processor.copy_rows import copy_rows, pg_types
 from processor.dora import (
     ChangeRow,
     DeploymentRow,
@@ -44,7 +46,7 @@ from processor.dora import (
     ServiceProjection,
     fold_service,
 )
-from schemas.events import CanonicalEvent, parse_event
+from schemas.events import CanonicalEvent, parse_event_json
 
 if TYPE_CHECKING:
     from processor.services_store import IncidentAttribution
@@ -52,8 +54,15 @@ if TYPE_CHECKING:
 REPO, SERVICE = "repo:", "service:"
 
 _PRODUCTION_COLUMNS = (
-    "deployment_id", "finished_at", "service", "repo", "team", "environment",
-    "succeeded", "failed", "failure_reason",
+    "deployment_id",
+    "finished_at",
+    "service",
+    "repo",
+    "team",
+    "environment",
+    "succeeded",
+    "failed",
+    "failure_reason",
 )
 
 
@@ -67,21 +76,30 @@ def _columns(row_type: type[Any]) -> tuple[str, ...]:
     return tuple(f.name for f in fields(row_type))
 
 
+# A getter per row type: dataclasses.astuple deep-copies every value (profiled).
+_ROW_GETTERS = {t: attrgetter(*_columns(t)) for t in (DeploymentRow, ChangeRow, IncidentRow)}
+
+
+def _row(value: DeploymentRow | ChangeRow | IncidentRow) -> tuple[Any, ...]:
+    row: tuple[Any, ...] = _ROW_GETTERS[type(value)](value)
+    return row
+
+
 class DoraProjection:
     name = "dora"
-    event_types = frozenset({
-        "change.committed",
-        # Only merges link commits to deployments; the other pull request events stay
-        # free for a projection that needs them, and refresh nothing here.
-        "pull_request.merged",
-        "deployment.recorded",
-        "incident.opened",
-        "incident.resolved",
-    })
+    event_types = frozenset(
+        {
+            "change.committed",
+            # Only merges link commits to deployments; the other pull request events stay
+            # free for a projection that needs them, and refresh nothing here.
+            "pull_request.merged",
+            "deployment.recorded",
+            "incident.opened",
+            "incident.resolved",
+        }
+    )
 
-    def __init__(
-        self, config: DoraConfig, attribution: IncidentAttribution | None = None
-    ) -> None:
+    def __init__(self, config: DoraConfig, attribution: IncidentAttribution | None = None) -> None:
         self.config = config
         self.attribution = attribution
 
@@ -90,7 +108,12 @@ class DoraProjection:
             return SERVICE + str(getattr(event, "service"))  # noqa: B009 - both incident types
         return REPO + str(getattr(event, "repo"))  # noqa: B009 - every other claimed type
 
-    async def refresh(self, conn: AsyncConnection[Any], entities: Sequence[str]) -> None:
+    async def refresh(
+        self,
+        conn: AsyncConnection[Any],
+        entities: Sequence[str],
+        fresh: Mapping[str, Sequence[CanonicalEvent]] | None = None,
+    ) -> None:
         repos = {e.removeprefix(REPO) for e in entities if e.startswith(REPO)}
         services = {e.removeprefix(SERVICE) for e in entities if e.startswith(SERVICE)}
         feeds: dict[str, set[str]] = defaultdict(set)  # service → repositories deploying to it
@@ -126,21 +149,6 @@ class DoraProjection:
             )
             for service, repo in await cur.fetchall():
                 feeds[service].add(repo)
-            wanted = {REPO + r for s in services for r in feeds[s]} | {
-                SERVICE + s for s in services
-            }
-            await cur.execute(
-                "select entity, payload from events where projection = %s and entity = any(%s)",
-                (self.name, sorted(wanted)),
-            )
-            by_entity: dict[str, list[DoraEvent]] = defaultdict(list)
-            for entity, payload in await cur.fetchall():
-                by_entity[entity].append(parse_event(payload))  # type: ignore[arg-type]
-        projections = []
-        for service in sorted(services):
-            history = [e for r in sorted(feeds[service]) for e in by_entity[REPO + r]]
-            history += by_entity[SERVICE + service]
-            projections.append(fold_service(service, history, self.config))
         previous: list[str] = []
         if self.attribution is not None:
             async with conn.cursor() as cur:
@@ -150,11 +158,26 @@ class DoraProjection:
                     (sorted(services),),
                 )
                 previous = [d for (d,) in await cur.fetchall()]
-        await replace_rows(conn, sorted(services), projections)
+        # One service at a time: memory holds one service's history, not all of them.
+        for service in sorted(services):
+            history = await self._history(conn, feeds[service], service)
+            await replace_rows(conn, [service], [fold_service(service, history, self.config)])
         if self.attribution is not None:
             await self.attribution.reattribute(
                 conn, sorted(services), rewritten=sorted(services), previous_targets=previous
             )
+
+    async def _history(
+        self, conn: AsyncConnection[Any], repos: Iterable[str], service: str
+    ) -> list[DoraEvent]:
+        """The service's incidents and every event of the repositories deploying into it."""
+        wanted = sorted({REPO + r for r in repos} | {SERVICE + service})
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "select payload::text from events where projection = %s and entity = any(%s)",
+                (self.name, wanted),
+            )
+            return [parse_event_json(p) for (p,) in await cur.fetchall()]  # type: ignore[misc]
 
 
 async def replace_rows(
@@ -169,7 +192,8 @@ async def replace_rows(
         incidents.extend(p.incidents)
     production = [
         tuple(getattr(d, c) for c in _PRODUCTION_COLUMNS)
-        for d in deployments if d.is_production and d.finished_at is not None
+        for d in deployments
+        if d.is_production and d.finished_at is not None
     ]
     deployment_ids = [d.deployment_id for d in deployments]
     incident_ids = [i.incident_id for i in incidents]
@@ -185,14 +209,16 @@ async def replace_rows(
                 f"delete from {table} where service = any(%(services)s){by_key}",
                 {"services": services, "ids": ids},
             )
-        for table, columns, rows in (
-            ("deployments", _columns(DeploymentRow), [astuple(d) for d in deployments]),
-            ("production_deployments", _PRODUCTION_COLUMNS, production),
-            ("deployment_changes", _columns(ChangeRow), [astuple(c) for c in changes]),
-            ("incidents", _columns(IncidentRow), [astuple(i) for i in incidents]),
+        production_types = dict(zip(*pg_types(DeploymentRow), strict=True))
+        for table, (columns, types), rows in (
+            ("deployments", pg_types(DeploymentRow), [_row(d) for d in deployments]),
+            (
+                "production_deployments",
+                (_PRODUCTION_COLUMNS, [production_types[c] for c in _PRODUCTION_COLUMNS]),
+                production,
+            ),
+            ("deployment_changes", pg_types(ChangeRow), [_row(c) for c in changes]),
+            ("incidents", pg_types(IncidentRow), [_row(i) for i in incidents]),
         ):
-            if not rows:
-                continue
-            async with cur.copy(f"copy {table} ({', '.join(columns)}) from stdin") as copy:
-                for row in rows:
-                    await copy.write_row(row)
+            if rows:
+                await copy_rows(cur, table, columns, types, rows)

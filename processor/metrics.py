@@ -16,3 +16,13 @@ BATCH_SECONDS = Histogram(
 CONSUMER_LAG = Gauge(
     "flowmetrics_consumer_lag", "Records behind the high watermark", ["topic", "partition"]
 )
+DEFERRED_SECONDS = Histogram(
+    "flowmetrics_deferred_refresh_seconds",
+    "Time to refresh the marked entities of the deferred projections (DORA)",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+HISTORY_CACHE = Counter(
+    "flowmetrics_history_cache_total",
+    "Work-item histories taken from the processor's cache (hit) or read back (miss)",
+    ["outcome"],
+)

@@ -8,7 +8,7 @@ about it; adding a domain (DORA, services, ...) is adding a projection.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from psycopg import AsyncConnection
@@ -24,8 +24,15 @@ class Projection(Protocol):
         """The entity whose derived rows this event can change."""
         ...
 
-    async def refresh(self, conn: AsyncConnection[Any], entities: Sequence[str]) -> None:
-        """Recompute the derived rows of ``entities`` from the ``events`` table."""
+    async def refresh(
+        self,
+        conn: AsyncConnection[Any],
+        entities: Sequence[str],
+        fresh: Mapping[str, Sequence[CanonicalEvent]] | None = None,
+    ) -> None:
+        """Recompute the derived rows of ``entities`` from the ``events`` table.
+        ``fresh``: the events of those entities that this transaction stored (a hint a
+        projection may use to avoid reading them back; None when unknown)."""
         ...
 
 

@@ -49,6 +49,8 @@ from schemas.topics import Topics
 log = structlog.get_logger("processor.replay")
 
 EVENTS_LOCK = "lock table events in share row exclusive mode"
+# Events or derived rows rewritten in place: processors drop what they cached.
+BUMP_EPOCH = "update events_epoch set epoch = epoch + 1"
 
 
 class UnmappableDelivery(ValueError):
@@ -199,6 +201,7 @@ async def store_events(
     touched: dict[str, set[str]] = defaultdict(set)
     async with conn.transaction(), conn.cursor() as cur:
         await cur.execute(EVENTS_LOCK)
+        await cur.execute(BUMP_EPOCH)
         await cur.execute(
             "create temp table replayed (like events including defaults) on commit drop"
         )
@@ -268,6 +271,7 @@ async def rebuild(dsn: str, registry: ProjectionRegistry, *, chunk: int = 500) -
             while True:
                 async with conn.transaction(), conn.cursor() as cur:
                     await cur.execute(EVENTS_LOCK)
+                    await cur.execute(BUMP_EPOCH)
                     await cur.execute(
                         "select distinct entity from events where projection = %s "
                         "and entity > %s order by entity limit %s",

@@ -26,7 +26,7 @@ deadlock.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -170,7 +170,12 @@ class ServicesProjection:
         assert isinstance(event, ServiceDeclared)
         return DECLARED + event.service
 
-    async def refresh(self, conn: AsyncConnection[Any], entities: Sequence[str]) -> None:
+    async def refresh(
+        self,
+        conn: AsyncConnection[Any],
+        entities: Sequence[str],
+        fresh: Mapping[str, Sequence[CanonicalEvent]] | None = None,
+    ) -> None:
         declared = sorted(e for e in entities if e.startswith(DECLARED))
         edges = sorted(e for e in entities if e.startswith(EDGE))
         if declared:

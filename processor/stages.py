@@ -83,6 +83,9 @@ class TeamFlow:
             raise StageConfigError("the stage list is empty")
         by_name = {normalize_status(s.name): s for s in self.stages}
         object.__setattr__(self, "_by_name", MappingProxyType(by_name))
+        # Memos: the fold asks the same few questions for every event.
+        object.__setattr__(self, "_indexes", {})
+        object.__setattr__(self, "_stages_for", {})
         for label, name in (("start_stage", self.start_stage), ("done_stage", self.done_stage)):
             if normalize_status(name) not in by_name:
                 raise StageConfigError(f"{label} {name!r} is not a stage; {self._known()}")
@@ -107,6 +110,13 @@ class TeamFlow:
 
     def stage_for(self, status: str | None, category: str | None) -> str:
         """The stage of a status: by name, else by status category, else the first stage."""
+        memo: dict[tuple[str | None, str | None], str] = self._stages_for  # type: ignore[attr-defined]
+        found = memo.get((status, category))
+        if found is None:
+            found = memo[(status, category)] = self._stage_for(status, category)
+        return found
+
+    def _stage_for(self, status: str | None, category: str | None) -> str:
         if status is not None:
             stage = self.status_map.get(normalize_status(status))
             if stage is not None:
@@ -119,6 +129,13 @@ class TeamFlow:
 
     def index(self, stage: str) -> int:
         """Position in the flow; ``-1`` for :data:`REMOVED_STAGE`."""
+        memo: dict[str, int] = self._indexes  # type: ignore[attr-defined]
+        found = memo.get(stage)
+        if found is None:
+            found = memo[stage] = self._index(stage)
+        return found
+
+    def _index(self, stage: str) -> int:
         if stage == REMOVED_STAGE:
             return -1
         found = self._by_name.get(normalize_status(stage))

@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from processor.stages import REMOVED_STAGE, StageConfig, TeamFlow
 from schemas.events import WorkItemDeleted, WorkItemTransitioned, WorkItemUpserted
@@ -42,8 +43,7 @@ WorkItemEvent = WorkItemUpserted | WorkItemTransitioned | WorkItemDeleted
 BACKLOG, WIP, DONE, REMOVED = "backlog", "wip", "done", "removed"
 
 
-@dataclass(frozen=True)
-class WorkItemRow:
+class WorkItemRow(NamedTuple):
     item_id: str
     display_key: str
     source: str
@@ -63,8 +63,7 @@ class WorkItemRow:
     updated_at: datetime
 
 
-@dataclass(frozen=True)
-class TransitionRow:
+class TransitionRow(NamedTuple):
     item_id: str
     event_id: str
     occurred_at: datetime
@@ -77,8 +76,7 @@ class TransitionRow:
     item_type: str
 
 
-@dataclass(frozen=True)
-class StageIntervalRow:
+class StageIntervalRow(NamedTuple):
     item_id: str
     seq: int
     stage: str
@@ -91,8 +89,7 @@ class StageIntervalRow:
     item_type: str
 
 
-@dataclass(frozen=True)
-class CompletionRow:
+class CompletionRow(NamedTuple):
     item_id: str
     completed_at: datetime
     started_at: datetime
@@ -115,8 +112,7 @@ class WorkItemProjection:
     completion: CompletionRow | None
 
 
-@dataclass(frozen=True)
-class _Step:
+class _Step(NamedTuple):
     at: datetime
     stage: str
     status: str | None
@@ -255,6 +251,11 @@ def _intervals(
     started_at: datetime | None = None
     completed_at: datetime | None = None
     state = BACKLOG
+    # exits[i]: when the item first left steps[i]'s stage after step i (one backward pass)
+    exits: list[datetime | None] = [None] * len(steps)
+    for i in range(len(steps) - 2, -1, -1):
+        following = steps[i + 1]
+        exits[i] = following.at if following.stage != steps[i].stage else exits[i + 1]
     for i, step in enumerate(steps):
         if rows and rows[-1].stage == step.stage:
             continue  # In Review → QA: both Testing, one stay
@@ -269,7 +270,6 @@ def _intervals(
                 completed_at = step.at  # final entry into the done region wins
         else:
             state = WIP if started_at is not None else BACKLOG
-        exited = next((s.at for s in steps[i + 1 :] if s.stage != step.stage), None)
         rows.append(
             StageIntervalRow(
                 item_id=item_id,
@@ -278,7 +278,7 @@ def _intervals(
                 stage_index=flow.index(step.stage),
                 flow_state=state,
                 entered_at=step.at,
-                exited_at=exited,
+                exited_at=exits[i],
                 team=team,
                 project=project,
                 item_type=item_type,

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import orjson
+import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -24,6 +25,7 @@ from collectors.signatures import sign
 from infra.embedded import free_port
 from infra.services import Endpoints, run_api, run_collectors, run_processor
 from infra.settings import Settings
+from processor import deferred
 from schemas.topics import Topics
 
 JIRA_SECRET = "jira-test-secret"
@@ -47,6 +49,17 @@ async def wait_for(
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(delay)
         delay = min(delay * 1.5, 0.25)
+
+
+async def wait_derived(dsn: str, *, timeout: float = 60.0) -> None:
+    """Wait until no deferred projection (DORA) has an entity waiting for its refresh:
+    with the offsets committed, every derived table then reflects the events."""
+
+    async def current() -> bool:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            return await deferred.pending(conn) == 0
+
+    await wait_for(current, timeout=timeout, what="the deferred projections to refresh")
 
 
 @dataclass
@@ -107,6 +120,7 @@ class Pipeline:
             self.topics.events,
             timeout=timeout,
         )
+        await wait_derived(self.ends.database_url, timeout=timeout)
 
     async def get(self, path: str, **params: Any) -> Any:
         response = await self.api.get(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import astuple, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -31,7 +30,7 @@ CONFIG = load_stage_config()
 T0 = datetime(2024, 3, 4, tzinfo=UTC)
 STATUSES = ["To Do", "Selected for Development", "In Progress", "In Review", "Staging",
             "Done", "Won't Do"]
-COLUMNS = ", ".join(f.name for f in fields(StageIntervalRow))
+COLUMNS = ", ".join(StageIntervalRow._fields)
 
 
 @pytest.fixture
@@ -66,7 +65,7 @@ def history(item: str, team: str, moves: list[tuple[int, str]], deleted: bool
 
 def write(conn: psycopg.Connection[Any], batch: dict[str, list[WorkItemEvent]]) -> None:
     """One processor batch: replace the stays of these items in one transaction."""
-    rows = [astuple(i) for item, events in batch.items()
+    rows = [tuple(i) for item, events in batch.items()
             for i in fold_work_item(item, events, CONFIG).intervals]
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("delete from stage_intervals where item_id = any(%s)", (list(batch),))

@@ -30,6 +30,7 @@ from tests.integration.faults import (
     snapshot,
     zero_counters,
 )
+from tests.pipeline import wait_derived
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -96,6 +97,8 @@ async def test_sigkilled_processor_ends_with_the_clean_runs_database(
                         proc.check_alive()
                         assert time.monotonic() < deadline, f"{proc.name} did not finish"
                         await asyncio.sleep(0.2)
+                    left = max(deadline - time.monotonic(), 30.0)
+                    await wait_derived(proc.env["FLOW_DATABASE_URL"], timeout=left)
                     print(f"{proc.name} done at {elapsed(started)} s")
         finally:
             clean.stop()

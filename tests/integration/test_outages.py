@@ -37,7 +37,7 @@ from processor.replay import rebuild
 from schemas.topics import Topics
 from tests.fixtures import load_fixture
 from tests.integration.faults import GroupOffsets, TcpProxy, counts, produce, snapshot
-from tests.pipeline import JIRA_SECRET, wait_for
+from tests.pipeline import JIRA_SECRET, wait_derived, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -367,6 +367,7 @@ async def test_database_outage_stops_commits_retries_and_resumes(
             proxy.restore()
             outage = time.monotonic() - cut_at
             await wait_for(lambda: progressed(DB_EVENTS), timeout=180, what="the rest")
+            await wait_derived(db_dsn, timeout=120)
     finally:
         stop.set()
         await task

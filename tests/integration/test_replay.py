@@ -25,7 +25,7 @@ from processor.replay import rebuild, replay
 from processor.stages import StageConfig, parse_stage_config
 from tests.fixtures import load_fixture
 from tests.integration.faults import GroupOffsets, snapshot
-from tests.pipeline import Pipeline, wait_for
+from tests.pipeline import Pipeline, wait_derived, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +80,7 @@ async def folded(pipeline: Pipeline, records: int) -> None:
             return await group.total() >= records
 
         await wait_for(done, timeout=60, what=f"{records} records folded")
+    await wait_derived(pipeline.ends.database_url)
 
 
 def teams(dsn: str) -> set[str]:
