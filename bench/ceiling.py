@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--group", required=True)
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--expect", type=int, required=True)
-    parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=20_000)
     args = parser.parse_args(argv)
     result = asyncio.run(drain(args))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")

@@ -1,6 +1,6 @@
 """The peer: the smallest faust-streaming agent that consumes the same topic.
 
-One agent, ``stream.take(5000, within=1s)`` batches of JSON-decoded values, no
+One agent, ``stream.take(batch, within=1s)`` batches of JSON-decoded values, no
 database: the stream processor the issue compares against, given the easiest
 possible job. Needs the ``bench`` extra (``pip install -e '.[bench]'``).
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--topic", required=True)
     parser.add_argument("--group", required=True)
     parser.add_argument("--expect", type=int, required=True)
-    parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--datadir", default="", help="Faust's state folder (default: a temp one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

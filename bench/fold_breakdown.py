@@ -68,9 +68,10 @@ async def run(events: int, batch: int, seed: int) -> dict[str, Any]:
             for i in range(0, len(values), batch):
                 with watch("decode"):
                     decoded = [parse_event(v) for v in values[i : i + batch]]
-                with watch("fold (all)"):
+                with watch("fold + commit"):
                     async with conn.transaction():
-                        await store.fold(conn, decoded)
+                        with watch("  fold"):
+                            await store.fold(conn, decoded)
                 if (i // batch) % 10 == 9:
                     with watch("deferred flush"):
                         async with conn.transaction():
@@ -103,7 +104,7 @@ def _instrument(registry: ProjectionRegistry, watch: Stopwatch) -> None:
         async def timed(
             *args: Any, _o: Any = original, _n: str = projection.name, **kw: Any
         ) -> Any:
-            with watch(f"  refresh {_n}"):
+            with watch(f"    refresh {_n}"):
                 return await _o(*args, **kw)
 
         projection.refresh = timed  # type: ignore[method-assign]
@@ -112,14 +113,14 @@ def _instrument(registry: ProjectionRegistry, watch: Stopwatch) -> None:
         if asyncio.iscoroutinefunction(original):
 
             async def timed_async(*a: Any, _o: Any = original, _n: str = fn, **k: Any) -> Any:
-                with watch(f"    {_n}"):
+                with watch(f"      {_n}"):
                     return await _o(*a, **k)
 
             setattr(wis, fn, timed_async)
         else:
 
             def timed_sync(*a: Any, _o: Any = original, _n: str = fn, **k: Any) -> Any:
-                with watch(f"    {_n}"):
+                with watch(f"      {_n}"):
                     return _o(*a, **k)
 
             setattr(wis, fn, timed_sync)
@@ -127,7 +128,7 @@ def _instrument(registry: ProjectionRegistry, watch: Stopwatch) -> None:
     histories = work._histories  # type: ignore[attr-defined]
 
     async def timed_histories(*a: Any, **k: Any) -> Any:
-        with watch("    histories (count + reads)"):
+        with watch("      histories (count + reads)"):
             return await histories(*a, **k)
 
     work._histories = timed_histories  # type: ignore[attr-defined]
@@ -143,7 +144,12 @@ def main() -> None:
     out = asyncio.run(run(a.events, a.batch, a.seed))
     print(f"{out['events']:,} events in {out['seconds']:.1f} s = {out['events_per_s']:,.0f}/s")
     print(f"{'stage':<34} {'wall s':>8} {'cpu s':>8} {'wait s':>8}")
-    for stage, wall in out["wall_s"].items():
+    order = ["decode", "fold + commit", "  fold", "    refresh work_items",
+             "      histories (count + reads)", "      fold_work_item", "      replace_rows",
+             "deferred flush", "    refresh dora"]  # fmt: skip
+    walls = out["wall_s"]
+    for stage in sorted(walls, key=lambda k: order.index(k) if k in order else len(order)):
+        wall = walls[stage]
         cpu = out["cpu_s"][stage]
         print(f"{stage:<34} {wall:8.2f} {cpu:8.2f} {wall - cpu:8.2f}")
 

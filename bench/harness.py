@@ -235,11 +235,14 @@ class Child:
             stderr=self._log,
         )
         self.peak_rss = 0
+        self.cpu_s = 0.0  # the child's own CPU time (user + system) at the last sample
         self._ps = psutil.Process(self.popen.pid)
 
     def sample(self) -> int:
         """Peak RSS so far, in bytes: the kernel's high-water mark (VmHWM)."""
         with contextlib.suppress(psutil.Error, OSError):
+            times = self._ps.cpu_times()
+            self.cpu_s = times.user + times.system
             status = Path(f"/proc/{self.popen.pid}/status").read_text()
             for line in status.splitlines():
                 if line.startswith("VmHWM:"):

@@ -46,6 +46,9 @@ from bench.harness import (
 from processor import deferred
 from schemas.topics import Topics
 
+# One batch size for all three participants: the processor's default.
+BATCH = 20_000
+
 
 async def load_topics(
     backends: Backends, n: int, small: int, seed: int
@@ -98,7 +101,9 @@ async def run_processor(
     label: str = "processor",
 ) -> dict[str, Any]:
     dsn = backends.create_database(label)
-    env = flowmetrics_env(dsn, backends.bootstrap, topics.prefix)
+    env = flowmetrics_env(
+        dsn, backends.bootstrap, topics.prefix, FLOW_PROCESSOR_BATCH_MAX=str(BATCH)
+    )
     tps = await partitions(backends.bootstrap, topics.events)
     child = flowmetrics_child(label, "process", env, log_dir)
     spy: subprocess.Popen[bytes] | None = None
@@ -141,6 +146,10 @@ async def run_processor(
             else None
         ),
         "peak_rss_mb": round(child.peak_rss / 2**20, 1),
+        # Busy share of one core: near 1.0 = bound by its own Python; well below =
+        # waiting (mostly for PostgreSQL, which has the other core).
+        "cpu_s": round(child.cpu_s, 1),
+        "cpu_busy": round(child.cpu_s / seconds, 2) if seconds else None,
     }
     if seconds is None:
         result["error"] = f"not caught up after {timeout:.0f}s ({done} committed)"
@@ -241,6 +250,8 @@ async def run_ceiling(
         dsn,
         "--expect",
         str(n),
+        "--batch",
+        str(BATCH),
     ]
     return await _drain_child("ceiling", "bench.ceiling", args, n, log_dir, timeout)
 
@@ -259,6 +270,8 @@ async def run_faust(
         str(n),
         "--datadir",
         str(backends.home / "faust"),
+        "--batch",
+        str(BATCH),
     ]
     # `make bench` builds the peer's own venv (faust-streaming's click pin clashes).
     python = os.environ.get("FLOW_BENCH_FAUST_PYTHON")

@@ -208,6 +208,8 @@ def table(out: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "",
             )
         )
+        if ours.get("cpu_busy") is not None:
+            rows.append(("  its own CPU, share of one core", _num(ours["cpu_busy"], 2), "", ""))
         check = ours.get("check", {})
         rows.append(
             (

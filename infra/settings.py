@@ -85,7 +85,9 @@ class Settings(BaseSettings):
     # `flowmetrics up` the API's /metrics already carries the processor's counters.
     processor_metrics_port: int = 0
     processor_metrics_host: str = "127.0.0.1"
-    processor_batch_max: int = 5000
+    # Events per transaction: larger batches fold an item once for several of its
+    # events (docs/adr/0003: 5,000 -> 20,000 measured 7.3k -> 11.2k events/s).
+    processor_batch_max: int = 20_000
     processor_poll_ms: int = 200
     # Work-item histories kept in memory between batches (events; 0: none). Bounds
     # the cache's memory, not its correctness: every use is checked against the store.
