@@ -223,9 +223,11 @@ class Processor:
                     await self.handle(polled, stop)
                     await self._commit(polled.records)
                     self.batches += 1
-                if self.store.deferred and self._flush.due(idle=not polled.records):
+                lag = await self._report_lag()
+                # Idle = caught up, not merely an empty poll (a fetch can be late).
+                idle = not polled.records and lag == 0
+                if self.store.deferred and self._flush.due(idle=idle):
                     await self._refresh_deferred()
-                await self._report_lag()
         except ProcessorStopped:
             log.info("processor_stopped_mid_batch", detail="offsets not committed")
         finally:
@@ -290,15 +292,19 @@ class Processor:
                 last_offset=max(r.offset for r in records),
             )
 
-    async def _report_lag(self) -> None:
+    async def _report_lag(self) -> int:
+        """Records behind the high watermark, summed over the assigned partitions
+        (also exported per partition)."""
+        total = 0
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
             if high is None:
                 continue
             position = await self.consumer.position(tp)
-            CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                max(high - position, 0)
-            )
+            lag = max(high - position, 0)
+            CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+            total += lag
+        return total
 
     async def handle(self, polled: Polled, stop: asyncio.Event) -> None:
         decoded, dead = polled.decoded, list(polled.dead)
