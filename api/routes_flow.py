@@ -14,8 +14,8 @@ router = APIRouter(prefix="/api/v1", tags=["flow"])
 
 
 @router.get("/metrics", summary="Throughput, WIP, cycle and lead time over [start, end)")
-async def metrics(conn: ConnDep, f: FiltersDep) -> dict[str, Any]:
-    return await flow_metrics(conn, f)
+async def metrics(state: StateDep, f: FiltersDep) -> dict[str, Any]:
+    return await flow_metrics(state.pool, f)
 
 
 @router.get("/metrics/timeseries", summary="Throughput and WIP per day or week")
