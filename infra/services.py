@@ -235,7 +235,12 @@ def processor_status_app(processor: Processor) -> FastAPI:
     @app.get("/ready")
     async def ready() -> Response:
         assigned = len(processor.consumer.assignment())
-        body = {"ready": assigned > 0, "partitions": assigned, "batches": processor.batches}
+        body = {
+            "ready": assigned > 0,
+            "partitions": assigned,
+            "batches": processor.batches,
+            "deferred": processor.deferred_status(),
+        }
         return JSONResponse(body, status_code=200 if assigned else 503)
 
     @app.get("/metrics")

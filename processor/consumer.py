@@ -243,6 +243,16 @@ class Processor:
         decoded, dead = decode(records)
         return Polled(records, decoded, dead)
 
+    def deferred_status(self) -> dict[str, Any]:
+        """How current the deferred projections are, as far as this processor knows."""
+        return {
+            "projections": sorted(self.store.deferred),
+            "refreshes": self.flushes,
+            "pending_here": self._flush.dirty,
+            "seconds_since_refresh": round(self._flush.since_last(), 3),
+            "interval_s": round(self._flush.interval, 3),
+        }
+
     async def _refresh_deferred(self) -> None:
         """Recompute the marked entities of the deferred projections. A failure loses
         nothing (the marks roll back with it); it is retried after a backoff."""

@@ -78,6 +78,10 @@ class FlushPolicy:
         self._not_before = 0.0
         self._backoff = max(min_interval, 0.5)
 
+    def since_last(self) -> float:
+        """Seconds since the last successful refresh (or since start)."""
+        return self.clock() - self._last
+
     def marked(self) -> None:
         self.dirty = True
 

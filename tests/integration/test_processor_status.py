@@ -26,5 +26,12 @@ async def test_processor_is_ready_once_it_owns_partitions(
             return (await client.get("/ready")).status_code == 200
 
         await wait_for(ready, timeout=30, what="processor readiness")
-        assert (await client.get("/ready")).json()["partitions"] >= 1
+        body = (await client.get("/ready")).json()
+        assert body["partitions"] >= 1
+        assert body["deferred"]["projections"] == ["dora"]
+
+        async def refreshed() -> bool:  # idle at start: the marks a crash may have left
+            return bool((await client.get("/ready")).json()["deferred"]["refreshes"] >= 1)
+
+        await wait_for(refreshed, timeout=30, what="the first deferred refresh")
         assert "flowmetrics_events_folded_total" in (await client.get("/metrics")).text

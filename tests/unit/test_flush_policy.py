@@ -65,3 +65,13 @@ def test_a_failure_backs_off_even_when_idle() -> None:
     assert p.due(idle=True)
     p.done(0.1)
     assert p.failed() == 2.0  # a success resets the backoff
+
+
+def test_since_last_counts_from_the_last_success() -> None:
+    clock = Clock()
+    p = policy(clock)
+    clock.now += 5.0
+    assert p.since_last() == 5.0
+    p.done(0.1)
+    clock.now += 1.5
+    assert p.since_last() == 1.5
