@@ -76,7 +76,22 @@ async def cumulative_flow(
             (first, after, f.team, f.project, f.item_type),
         )
         rows = await cur.fetchall()
-    counts: dict[tuple[date, int], int] = {(d, i): int(n) for d, i, n in rows}
+        counts: dict[tuple[date, int], int] = {(d, i): int(n) for d, i, n in rows}
+        # The counters hold whole days; a last day cut by `end` counts up to `end`
+        # (docs/analytics.md): take back the arrivals in [end, that day's end).
+        last = after - timedelta(days=1)
+        day_end = datetime.combine(after, time(), tzinfo=UTC)
+        if f.end < day_end:
+            where, params = f.where()
+            await cur.execute(
+                f"select stage_index, count(*) from stage_arrivals "
+                f"where arrived_at >= %(cut)s and arrived_at < %(day_end)s and {where} "
+                f"group by stage_index",
+                {**params, "cut": f.end, "day_end": day_end},
+            )
+            for index, late in await cur.fetchall():
+                if (last, index) in counts:
+                    counts[(last, index)] -= int(late)
     days = []
     day = first
     while day < after:

@@ -126,6 +126,18 @@ async def test_cfd_counts_items_at_or_past_each_stage(flow: Pipeline) -> None:
     assert [d["items"]["Backlog"] for d in later["days"]] == [8, 8]
 
 
+async def test_cfd_day_cut_by_end_counts_up_to_end(flow: Pipeline) -> None:
+    """end = D1 10:00: D1 counts the arrivals before 10:00 only (FLOW-1 enters In Review
+    at 10:00 exactly, FLOW-2 Staging at 21:00: neither counts), docs/analytics.md."""
+    cfd = await flow.get("/api/v1/flow/cfd", team="FLOW", start=D0.isoformat(),
+                         end=at(1, 10).isoformat())  # fmt: skip
+    table = {d["day"]: [d["items"][s] for s in STAGES] for d in cfd["days"]}
+    assert table == {
+        "2024-03-04": [6, 3, 3, 1, 1, 1],
+        "2024-03-05": [7, 6, 5, 1, 1, 1],
+    }
+
+
 async def test_aging_wip_flags_against_team_percentiles(flow: Pipeline) -> None:
     """Age = as-of minus start; > p85 at risk, > p95 breached, against the team cycle times."""
     aging = await flow.get("/api/v1/flow/aging-wip", team="FLOW", **WINDOW)
