@@ -269,7 +269,8 @@ class Processor:
             retry_in = self._flush.failed()
             log.error("deferred_refresh_failed", error=str(exc), retry_in_s=retry_in)
             return
-        seconds = self._flush.done(time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self._flush.done(seconds)
         self.flushes += 1
         if refreshed:
             log.info(

@@ -93,12 +93,12 @@ class FlushPolicy:
             self.dirty = True
         return self.dirty and (idle or now - self._last >= self.interval)
 
-    def done(self, seconds: float) -> float:
+    def done(self, seconds: float) -> None:
+        """A refresh that took ``seconds`` succeeded."""
         self.dirty = False
         self._last = self.clock()
         self.interval = max(self.min_interval, self.cost_ratio * seconds)
         self._backoff = max(self.min_interval, 0.5)
-        return seconds
 
     def failed(self) -> float:
         retry_in = self._backoff

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import fields
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
@@ -72,12 +71,9 @@ def _lock_key(service: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def _columns(row_type: type[Any]) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(row_type))
-
-
 # A getter per row type: dataclasses.astuple deep-copies every value (profiled).
-_ROW_GETTERS = {t: attrgetter(*_columns(t)) for t in (DeploymentRow, ChangeRow, IncidentRow)}
+_ROW_GETTERS = {t: attrgetter(*pg_types(t)[0]) for t in (DeploymentRow, ChangeRow, IncidentRow)}
+_PRODUCTION_ROW = attrgetter(*_PRODUCTION_COLUMNS)
 
 
 def _row(value: DeploymentRow | ChangeRow | IncidentRow) -> tuple[Any, ...]:
@@ -191,9 +187,7 @@ async def replace_rows(
         changes.extend(p.changes)
         incidents.extend(p.incidents)
     production = [
-        tuple(getattr(d, c) for c in _PRODUCTION_COLUMNS)
-        for d in deployments
-        if d.is_production and d.finished_at is not None
+        _PRODUCTION_ROW(d) for d in deployments if d.is_production and d.finished_at is not None
     ]
     deployment_ids = [d.deployment_id for d in deployments]
     incident_ids = [i.incident_id for i in incidents]
