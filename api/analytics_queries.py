@@ -157,12 +157,7 @@ async def aging_wip(conn: AsyncConnection[Any], f: Filters) -> dict[str, Any]:
         summary[flag or "no_reference"] += 1
         items.append(
             {
-                "key": r["key"],
-                "item_id": r["item_id"],
-                "title": r["title"],
-                "team": r["team"],
-                "project": r["project"],
-                "type": r["item_type"],
+                **_item_fields(r),
                 "stage": r["stage"],
                 "in_stage_since": _iso(r["entered_at"]),
                 "started_at": _iso(r["started_at"]),
@@ -184,6 +179,18 @@ async def aging_wip(conn: AsyncConnection[Any], f: Filters) -> dict[str, Any]:
         },
         "summary": summary,
         "items": items,
+    }
+
+
+def _item_fields(r: dict[str, Any]) -> dict[str, Any]:
+    """The fields every per-item list of the analytics endpoints starts with."""
+    return {
+        "key": r["key"],
+        "item_id": r["item_id"],
+        "title": r["title"],
+        "team": r["team"],
+        "project": r["project"],
+        "type": r["item_type"],
     }
 
 
@@ -223,12 +230,7 @@ async def cycle_time_scatter(
         "percentiles_hours": {k: _hours(stats[k]) for k in ("p50", "p85", "p95")},
         "items": [
             {
-                "key": r["key"],
-                "item_id": r["item_id"],
-                "title": r["title"],
-                "team": r["team"],
-                "project": r["project"],
-                "type": r["item_type"],
+                **_item_fields(r),
                 "started_at": _iso(r["started_at"]),
                 "completed_at": _iso(r["completed_at"]),
                 "cycle_time_hours": _hours(r["cycle_time_s"]),

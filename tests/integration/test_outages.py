@@ -141,6 +141,29 @@ async def services(settings: Settings, ends: Endpoints) -> AsyncIterator[Service
             await running.stop(name)
 
 
+def _broker_outage_settings(
+    db_dsn: str, tmp_path: Path, bootstrap: str, topics: Topics
+) -> Settings:
+    """Every service in-process against one embedded broker that the test stops: short
+    timeouts, so the spool takes over (and hands back) within the test's seconds."""
+    return Settings(
+        env="development", home=tmp_path / "home", database_url=db_dsn,
+        kafka_bootstrap=bootstrap, topic_prefix=topics.prefix,
+        consumer_group=f"g-{topics.prefix}", collector_port=free_port(), api_port=free_port(),
+        jira_webhook_secret=JIRA_SECRET, github_webhook_secret="unused", ingest_token="unused",
+        processor_poll_ms=50, consumer_session_timeout_ms=2000, kafka_idempotent_producer=False,
+        spool_publish_timeout_s=0.5, spool_probe_interval_s=0.25,
+    )  # fmt: skip
+
+
+def _clients(settings: Settings) -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
+    """The collector's and the API's HTTP clients."""
+    collector = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.collector_port}",
+                                  timeout=10)  # fmt: skip
+    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.api_port}", timeout=10)
+    return collector, api
+
+
 async def test_broker_outage_with_memory_loss_folds_every_accepted_delivery_once(
     db_dsn: str, tmp_path: Path
 ) -> None:
@@ -149,18 +172,9 @@ async def test_broker_outage_with_memory_loss_folds_every_accepted_delivery_once
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
     topics = Topics(f"out{uuid.uuid4().hex[:10]}")
-    settings = Settings(
-        env="development", home=tmp_path / "home", database_url=db_dsn,
-        kafka_bootstrap=bootstrap, topic_prefix=topics.prefix,
-        consumer_group=f"g-{topics.prefix}", collector_port=free_port(), api_port=free_port(),
-        jira_webhook_secret=JIRA_SECRET, github_webhook_secret="unused", ingest_token="unused",
-        processor_poll_ms=50, consumer_session_timeout_ms=2000, kafka_idempotent_producer=False,
-        spool_publish_timeout_s=0.5, spool_probe_interval_s=0.25,
-    )  # fmt: skip
+    settings = _broker_outage_settings(db_dsn, tmp_path, bootstrap, topics)
     broker = EmbeddedBroker(tmp_path / "broker-1", port).start()
-    collector = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.collector_port}",
-                                  timeout=10)  # fmt: skip
-    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.api_port}", timeout=10)
+    collector, api = _clients(settings)
     load = WebhookLoad(collector, rate=25)
     stop_load = asyncio.Event()
     try:
@@ -236,18 +250,9 @@ async def test_deliveries_not_yet_folded_survive_a_broker_that_comes_back_empty(
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
     topics = Topics(f"lag{uuid.uuid4().hex[:10]}")
-    settings = Settings(
-        env="development", home=tmp_path / "home", database_url=db_dsn,
-        kafka_bootstrap=bootstrap, topic_prefix=topics.prefix,
-        consumer_group=f"g-{topics.prefix}", collector_port=free_port(), api_port=free_port(),
-        jira_webhook_secret=JIRA_SECRET, github_webhook_secret="unused", ingest_token="unused",
-        processor_poll_ms=50, consumer_session_timeout_ms=2000, kafka_idempotent_producer=False,
-        spool_publish_timeout_s=0.5, spool_probe_interval_s=0.25,
-    )  # fmt: skip
+    settings = _broker_outage_settings(db_dsn, tmp_path, bootstrap, topics)
     broker = EmbeddedBroker(tmp_path / "broker-1", port).start()
-    collector = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.collector_port}",
-                                  timeout=10)  # fmt: skip
-    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.api_port}", timeout=10)
+    collector, api = _clients(settings)
     load = WebhookLoad(collector, rate=200)
     try:
         await ensure_topics(bootstrap, topics.all(), specs=topic_specs(topics))
