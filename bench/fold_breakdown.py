@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import time
 import uuid
 from collections import defaultdict
@@ -143,6 +144,7 @@ def main() -> None:
     tune_gc()  # as `flowmetrics process` does
     out = asyncio.run(run(a.events, a.batch, a.seed))
     print(f"{out['events']:,} events in {out['seconds']:.1f} s = {out['events_per_s']:,.0f}/s")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
     print(f"{'stage':<34} {'wall s':>8} {'cpu s':>8} {'wait s':>8}")
     order = ["decode", "fold + commit", "  fold", "    refresh work_items",
              "      histories (count + reads)", "      fold_work_item", "      replace_rows",

@@ -251,6 +251,13 @@ class Child:
             self.peak_rss = max(self.peak_rss, self._ps.memory_info().rss)
         return self.peak_rss
 
+    def rss_now(self) -> int:
+        """Resident set size now, in bytes (0 once the process is gone)."""
+        try:
+            return int(self._ps.memory_info().rss)
+        except psutil.Error:
+            return 0
+
     def output(self, timeout: float) -> str:
         """Wait for the child to finish on its own (killed after ``timeout``); its stdout."""
         try:

@@ -108,12 +108,16 @@ async def run_processor(
     child = flowmetrics_child(label, "process", env, log_dir)
     spy: subprocess.Popen[bytes] | None = None
     first_commit: float | None = None
+    # RSS as the run goes (events committed → MB): flat once the bounded caches fill.
+    rss_curve: list[tuple[int, float]] = []
 
     def progress(elapsed: float, committed: int) -> None:
         nonlocal first_commit
         child.sample()
         if committed and first_commit is None:
             first_commit = elapsed
+        if committed >= (len(rss_curve) + 1) * stats.events / 10:
+            rss_curve.append((committed, round(child.rss_now() / 2**20, 1)))
 
     try:
         spy = _py_spy(child, profile) if profile else None
@@ -146,6 +150,7 @@ async def run_processor(
             else None
         ),
         "peak_rss_mb": round(child.peak_rss / 2**20, 1),
+        "rss_curve_mb": rss_curve,
         # Busy share of one core: near 1.0 = bound by its own Python; well below =
         # waiting (mostly for PostgreSQL, which has the other core).
         "cpu_s": round(child.cpu_s, 1),

@@ -260,6 +260,18 @@ def table(out: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 + ("" if drift is None else f" ({drift:+.0%})"),
             )
         )
+        curve = ours.get("rss_curve_mb") or []
+        if len(curve) >= 2:
+            # Within the long run: RSS once a tenth of it is done, and the most after.
+            first, most = curve[0], max(curve[1:], key=lambda c: c[1])
+            rows.append(
+                (
+                    f"  within the run: at {first[0]:,} -> highest after",
+                    f"{first[1]} -> {most[1]} MB ({most[1] / first[1] - 1:+.0%})",
+                    "",
+                    "",
+                )
+            )
     api = out.get("api")
     if api:
         for e in api.get("endpoints", []):
