@@ -1,7 +1,8 @@
 """Queries behind the core flow metrics: throughput, WIP, cycle and lead time.
 
 Percentiles are exact, with linear interpolation (``percentile_cont``), over
-the filtered set of completions; null when the set is empty.
+the filtered set of completions; null when the set is empty
+(:mod:`api.duration_stats`).
 """
 
 from __future__ import annotations
@@ -11,70 +12,50 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from api.duration_stats import Stats, duration_stats
 from api.filters import Filters
 from api.flow_counts import daily_flow, wip_at
+from api.percentiles import QUANTILES
 
 SECONDS_PER_HOUR = 3600.0
 
 
-def _summary(prefix: str, row: dict[str, Any]) -> dict[str, float | None]:
-    def hours(v: Any) -> float | None:
-        return None if v is None else round(float(v) / SECONDS_PER_HOUR, 4)
-
-    return {k: hours(row[f"{prefix}_{k}"]) for k in ("mean", "p50", "p85", "p95")}
+def _hours(v: float | None) -> float | None:
+    return None if v is None else round(v / SECONDS_PER_HOUR, 4)
 
 
-def _stats(column: str, prefix: str) -> str:
-    return (
-        f"avg({column}) as {prefix}_mean, "
-        f"percentile_cont(0.5) within group (order by {column}) as {prefix}_p50, "
-        f"percentile_cont(0.85) within group (order by {column}) as {prefix}_p85, "
-        f"percentile_cont(0.95) within group (order by {column}) as {prefix}_p95"
-    )
-
-
-async def _completion_stats(
-    conn: AsyncConnection[Any], f: Filters, column: str, prefix: str
-) -> dict[str, Any]:
-    where, params = f.where()
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            f"""select count(*) as throughput, {_stats(column, prefix)}
-                from completions
-                where completed_at >= %(start)s and completed_at < %(end)s and {where}""",
-            {**params, "start": f.start, "end": f.end},
-        )
-        row = await cur.fetchone()
-    assert row is not None
-    return row
+def _summary(s: Stats) -> dict[str, float | None]:
+    return {
+        "mean": _hours(s.mean),
+        **{f"p{round(q * 100)}": _hours(s.percentiles[q]) for q in QUANTILES},
+    }
 
 
 async def flow_metrics(pool: AsyncConnectionPool, f: Filters) -> dict[str, Any]:
-    """The window's numbers. Cycle and lead time each need a sort of every
-    completion in the window; they run at once on two pooled connections (two
-    cores) rather than one after the other on one."""
+    """The window's numbers. Cycle and lead time come from the duration histogram
+    and the few values their percentiles need (:mod:`api.duration_stats`); WIP from
+    the daily counters, on a second pooled connection at the same time."""
 
-    async def cycle_and_wip() -> tuple[dict[str, Any], int]:
+    async def durations() -> dict[str, Stats]:
         async with pool.connection() as conn:
-            return await _completion_stats(conn, f, "cycle_time_s", "ct"), await wip_at(
-                conn, f, f.end
-            )
+            return await duration_stats(conn, f)
 
-    async def lead() -> dict[str, Any]:
+    async def wip() -> int:
         async with pool.connection() as conn:
-            return await _completion_stats(conn, f, "lead_time_s", "lt")
+            return await wip_at(conn, f, f.end)
 
-    (ct, wip), lt = await asyncio.gather(cycle_and_wip(), lead())
+    stats, wip_now = await asyncio.gather(durations(), wip())
+    ct, lt = stats["cycle_time_s"], stats["lead_time_s"]
     return {
         "start": f.start.isoformat(),
         "end": f.end.isoformat(),
-        "throughput": int(ct["throughput"]),
-        "wip": wip,
-        "cycle_time_hours": _summary("ct", ct),
-        "lead_time_hours": _summary("lt", lt),
+        # cycle_time_s is not null: every completion has one.
+        "throughput": ct.n,
+        "wip": wip_now,
+        "cycle_time_hours": _summary(ct),
+        "lead_time_hours": _summary(lt),
     }
 
 

@@ -127,10 +127,11 @@ def load(dsn: str, transitions: int, stages: StageConfig, *, seed: int = 7) -> d
     tables = [table for table, _ in _TABLES]
     with psycopg.connect(dsn, autocommit=True) as admin:
         rebuild = _drop_indexes(admin, tables)
-        # Revisions 0003 and 0008 keep the CFD arrivals and the daily flow counters
-        # in step with these tables by triggers; for a bulk load, one set-based
-        # rebuild afterwards is far cheaper. (Hypertables refuse to disable triggers:
-        # under TimescaleDB completions keeps its triggers and the rebuild redoes it.)
+        # Revisions 0003, 0008 and 0009 keep the CFD arrivals, the daily flow
+        # counters and the duration histogram in step with these tables by
+        # triggers; for a bulk load, one set-based rebuild afterwards is far cheaper.
+        # (Hypertables refuse to disable triggers: under TimescaleDB completions
+        # keeps its triggers and the rebuild redoes it.)
         derived = _derived_counters(admin)
         paused = [t for t in ("stage_intervals", "completions") if _can_pause_triggers(admin, t)]
         if derived:
@@ -168,6 +169,7 @@ def load(dsn: str, transitions: int, stages: StageConfig, *, seed: int = 7) -> d
                     flush=True,
                 )
     copied = time.monotonic() - started
+    histogram_s = None
     with psycopg.connect(dsn, autocommit=True) as admin:
         for statement in rebuild:
             admin.execute(statement)
@@ -180,11 +182,17 @@ def load(dsn: str, transitions: int, stages: StageConfig, *, seed: int = 7) -> d
         if "rebuild_daily_flow_counts" in derived:
             admin.execute("select rebuild_daily_flow_counts()")
             tables += ["daily_flow_counts"]
+        if "rebuild_completion_duration_histogram" in derived:
+            began = time.monotonic()
+            admin.execute("select rebuild_completion_duration_histogram()")
+            histogram_s = round(time.monotonic() - began, 1)
+            tables += ["completion_duration_histogram"]
         for table in tables:
             admin.execute(f"vacuum analyze {table}")
     return {
         "rows": counts,
         "copy_s": round(copied, 1),
+        "duration_histogram_s": histogram_s,
         "total_s": round(time.monotonic() - started, 1),
     }
 
@@ -193,7 +201,13 @@ def _derived_counters(conn: psycopg.Connection[Any]) -> set[str]:
     """The rebuild functions of the trigger-maintained tables this schema has."""
     rows = conn.execute(
         "select proname from pg_proc where proname = any(%s)",
-        (["rebuild_stage_arrivals", "rebuild_daily_flow_counts"],),
+        (
+            [
+                "rebuild_stage_arrivals",
+                "rebuild_daily_flow_counts",
+                "rebuild_completion_duration_histogram",
+            ],
+        ),
     ).fetchall()
     return {name for (name,) in rows}
 
