@@ -35,8 +35,9 @@ async def configure_read_only(conn: AsyncConnection[Any]) -> None:
 
     JIT off: the planner's cost estimates for window-sized aggregates cross the
     JIT threshold, and compiling costs more than the query (tens of ms). A
-    larger ``work_mem``: the percentiles sort every completion of a window
-    (about 200,000 at 10 M transitions), which spills to disk at the 4 MB default.
+    larger ``work_mem``: percentiles filtered by project or type still sort every
+    matching completion of a window (up to about 200,000 at 10 M transitions),
+    which spills to disk at the 4 MB default.
     """
     await conn.set_autocommit(True)
     await conn.execute("set default_transaction_read_only = on")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -152,6 +153,24 @@ def test_histogram_follows_writes_truncate_and_rebuild(db_dsn: str) -> None:
         conn.execute("select rebuild_completion_duration_histogram()")
         conn.commit()
         assert _histogram(conn) == _brute_histogram(conn)
+
+
+def test_row_triggers_of_the_hypertable_path_keep_it_too(db_dsn: str) -> None:
+    """Under TimescaleDB completions gets row triggers instead of statement ones;
+    the same writes through them give the same histogram."""
+    revision = importlib.import_module("infra.migrations.versions.0009_duration_histogram")
+    rng = random.Random(17)
+    with psycopg.connect(db_dsn) as conn:
+        for event in ("insert", "delete", "update"):
+            conn.execute(f"drop trigger completions_histogram_on_{event} on completions")
+        conn.execute("drop function completion_histogram_mark()")
+        conn.execute(revision._ROW_MARKER)
+        conn.execute(
+            "create trigger completions_histogram after insert or update or delete "
+            "on completions for each row execute function completion_histogram_mark()"
+        )
+        conn.commit()
+        _write_mixture(conn, rng)
 
 
 def test_buckets_are_in_value_order(db_dsn: str) -> None:
