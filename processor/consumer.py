@@ -206,6 +206,9 @@ class Processor:
         self.batch_max = batch_max
         self.poll_ms = poll_ms
         self._conn: AsyncConnection[Any] | None = None
+        # The deferred refresh runs beside the batches, on its own connection.
+        self._refresh_conn: AsyncConnection[Any] | None = None
+        self._refreshing: asyncio.Task[None] | None = None
         self.batches = 0
         self.flushes = 0
         self._flush = FlushPolicy(deferred_min_interval_s, deferred_cost_ratio)
@@ -226,16 +229,32 @@ class Processor:
                 lag = await self._report_lag()
                 # Idle = caught up, not merely an empty poll (a fetch can be late).
                 idle = not polled.records and lag == 0
-                if self.store.deferred and self._flush.due(idle=idle):
-                    await self._refresh_deferred()
+                if self._refreshing is not None and self._refreshing.done():
+                    # Raises what the refresh did not handle: the processor stops, as
+                    # it did when refreshes ran inline.
+                    finished, self._refreshing = self._refreshing, None
+                    finished.result()
+                if self.store.deferred and not self.refreshing and self._flush.due(idle=idle):
+                    # In the background: the batches go on while it waits for PostgreSQL.
+                    self._refreshing = asyncio.create_task(self._refresh_deferred())
         except ProcessorStopped:
             log.info("processor_stopped_mid_batch", detail="offsets not committed")
         finally:
-            polling.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await polling
-            if self._conn is not None:
-                await self._conn.close()
+            pending: list[asyncio.Task[Any]] = [polling]
+            if self._refreshing is not None:
+                pending.append(self._refreshing)  # cut short, it rolls back: marks stay
+            for task in pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for conn in (self._conn, self._refresh_conn):
+                if conn is not None:
+                    await conn.close()
+
+    @property
+    def refreshing(self) -> bool:
+        """A deferred refresh is running."""
+        return self._refreshing is not None and not self._refreshing.done()
 
     async def _poll(self) -> Polled:
         batch = await self.consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_max)
@@ -249,6 +268,7 @@ class Processor:
             "projections": sorted(self.store.deferred),
             "refreshes": self.flushes,
             "pending_here": self._flush.dirty,
+            "running": self.refreshing,
             "seconds_since_refresh": round(self._flush.since_last(), 3),
             "interval_s": round(self._flush.interval, 3),
         }
@@ -257,15 +277,18 @@ class Processor:
         """Recompute the marked entities of the deferred projections. A failure loses
         nothing (the marks roll back with it); it is retried after a backoff."""
         started = time.monotonic()
+        self._flush.started()
         try:
-            conn = await self._connection()
+            if self._refresh_conn is None or self._refresh_conn.closed:
+                self._refresh_conn = await _connect(self.dsn)
+            conn = self._refresh_conn
             with DEFERRED_SECONDS.time():
                 async with conn.transaction():
                     refreshed = await self.store.flush(conn)
         except psycopg.Error as exc:
-            if isinstance(exc, psycopg.OperationalError) and self._conn is not None:
-                await self._conn.close()
-                self._conn = None
+            if isinstance(exc, psycopg.OperationalError) and self._refresh_conn is not None:
+                await self._refresh_conn.close()
+                self._refresh_conn = None
             retry_in = self._flush.failed()
             log.error("deferred_refresh_failed", error=str(exc), retry_in_s=retry_in)
             return
@@ -358,9 +381,7 @@ class Processor:
 
     async def _connection(self) -> AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = await AsyncConnection.connect(
-                self.dsn, connect_timeout=10, keepalives_idle=30, keepalives_interval=10
-            )
+            self._conn = await _connect(self.dsn)
         return self._conn
 
     async def _fold_once(self, events: Sequence[CanonicalEvent]) -> None:
@@ -425,6 +446,12 @@ class Processor:
             *await self._fold_isolating(decoded[:middle]),
             *await self._fold_isolating(decoded[middle:]),
         ]
+
+
+async def _connect(dsn: str) -> AsyncConnection[Any]:
+    return await AsyncConnection.connect(
+        dsn, connect_timeout=10, keepalives_idle=30, keepalives_interval=10
+    )
 
 
 def tune_gc(young: int = 200_000) -> None:

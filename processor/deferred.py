@@ -11,7 +11,10 @@ it. The marks survive a crash; whichever processor flushes next takes them.
 
 Two processors never take the same mark: :func:`take` deletes with ``skip
 locked``, inside the refresh's transaction, so a mark comes back if that
-transaction rolls back.
+transaction rolls back. Every mark is its own row (revision 0010): a batch that
+marks an entity while a refresh of it runs inserts a new row instead of waiting
+for the refresh's deletion to commit, so batches and refreshes overlap; that
+newer mark stays for the next refresh (the running one may not see its events).
 """
 
 from __future__ import annotations
@@ -24,10 +27,9 @@ from psycopg import AsyncConnection
 
 
 async def mark(conn: AsyncConnection[Any], projection: str, entities: Iterable[str]) -> None:
-    # Sorted: two batches marking overlapping entities lock them in one order.
+    # One row per entity per batch; inserts never conflict (see the module doc).
     await conn.execute(
-        "insert into projection_dirty (projection, entity) "
-        "select %s, unnest(%s::text[]) on conflict do nothing",
+        "insert into projection_dirty (projection, entity) select %s, unnest(%s::text[])",
         (projection, sorted(set(entities))),
     )
 
@@ -35,18 +37,20 @@ async def mark(conn: AsyncConnection[Any], projection: str, entities: Iterable[s
 async def take(conn: AsyncConnection[Any], projection: str) -> list[str]:
     """The marked entities of ``projection``, unmarked in ``conn``'s transaction."""
     cur = await conn.execute(
-        """delete from projection_dirty where (projection, entity) in (
-               select projection, entity from projection_dirty where projection = %s
+        """delete from projection_dirty where seq in (
+               select seq from projection_dirty where projection = %s
                for update skip locked)
            returning entity""",
         (projection,),
     )
-    return sorted(entity for (entity,) in await cur.fetchall())
+    return sorted({entity for (entity,) in await cur.fetchall()})
 
 
 async def pending(conn: AsyncConnection[Any]) -> int:
     """How many entities wait for a refresh (0: every derived table is current)."""
-    cur = await conn.execute("select count(*) from projection_dirty")
+    cur = await conn.execute(
+        "select count(*) from (select distinct projection, entity from projection_dirty) m"
+    )
     row = await cur.fetchone()
     return int(row[0]) if row else 0
 
@@ -59,6 +63,10 @@ class FlushPolicy:
     long the history grows, and a derived row lags its events by at most about
     ``interval`` plus one refresh. Dirty at start (marks left by a crash), and again
     every ``recheck_s`` while idle (marks left by another processor that died).
+
+    A refresh runs beside the batches: :meth:`started` when it begins, so a batch
+    that marks while it runs leaves the policy dirty after :meth:`done` (that
+    batch's events may be newer than what the refresh read).
     """
 
     def __init__(
@@ -74,6 +82,7 @@ class FlushPolicy:
         self.recheck_s = recheck_s
         self.interval = min_interval
         self.dirty = True
+        self._marked_since_start = False
         self._last = self.clock()
         self._not_before = 0.0
         self._backoff = max(min_interval, 0.5)
@@ -84,6 +93,11 @@ class FlushPolicy:
 
     def marked(self) -> None:
         self.dirty = True
+        self._marked_since_start = True
+
+    def started(self) -> None:
+        """A refresh begins: it takes every mark committed so far."""
+        self._marked_since_start = False
 
     def due(self, *, idle: bool) -> bool:
         now = self.clock()
@@ -94,8 +108,9 @@ class FlushPolicy:
         return self.dirty and (idle or now - self._last >= self.interval)
 
     def done(self, seconds: float) -> None:
-        """A refresh that took ``seconds`` succeeded."""
-        self.dirty = False
+        """A refresh that took ``seconds`` succeeded: clean, unless a batch marked
+        since it started."""
+        self.dirty, self._marked_since_start = self._marked_since_start, False
         self._last = self.clock()
         self.interval = max(self.min_interval, self.cost_ratio * seconds)
         self._backoff = max(self.min_interval, 0.5)

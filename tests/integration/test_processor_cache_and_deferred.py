@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -181,6 +182,34 @@ async def test_a_flush_that_rolls_back_keeps_its_marks(conn: AsyncConnection[Any
     async with conn.transaction():
         await store.flush(conn)
     assert await deferred.pending(conn) == 0
+
+
+async def test_a_batch_does_not_wait_for_a_running_refresh(
+    conn: AsyncConnection[Any], db_dsn: str
+) -> None:
+    """The refresh runs beside the batches (revision 0010): a batch marking entities
+    that a refresh has taken, and not yet committed, goes through at once; its marks
+    stay for the next refresh, which then leaves the rows of one refresh of it all."""
+    events = rich_scenario()
+    half = len(events) // 2
+    store = dora_store(["dora"])
+    await fold_in_batches(conn, store, events[:half])
+    async with await AsyncConnection.connect(db_dsn) as refresher:
+        async with refresher.transaction():
+            taken = await store.flush(refresher)  # marks taken (deleted), not committed
+            assert taken > 0
+            # Before 0010 this waited on the uncommitted deletion of the same marks.
+            await asyncio.wait_for(fold_in_batches(conn, store, events[half:]), timeout=10)
+        assert await deferred.pending(conn) > 0  # the later batches' marks stay
+    async with conn.transaction():
+        await store.flush(conn)
+    assert await deferred.pending(conn) == 0
+    overlapped = await table_rows(conn, DORA_TABLES)
+    async with conn.transaction():  # every service once more, from all its events
+        cur = await conn.execute("select distinct entity from events where projection = 'dora'")
+        await DoraProjection(DoraConfig()).refresh(conn, [r[0] for r in await cur.fetchall()])
+    assert overlapped["deployments"], "nothing derived"
+    assert await table_rows(conn, DORA_TABLES) == overlapped
 
 
 async def test_a_deferred_name_must_be_a_projection() -> None:

@@ -75,3 +75,17 @@ def test_since_last_counts_from_the_last_success() -> None:
     p.done(0.1)
     clock.now += 1.5
     assert p.since_last() == 1.5
+
+
+def test_a_batch_marked_while_the_refresh_ran_keeps_it_dirty() -> None:
+    clock = Clock()
+    p = policy(clock)
+    p.started()
+    p.marked()  # a batch committed while the refresh (in the background) was reading
+    p.done(0.5)
+    assert p.dirty
+    assert p.due(idle=True)  # refreshed again as soon as the processor is idle
+    p.started()
+    p.done(0.5)  # nothing marked meanwhile
+    assert not p.dirty
+    assert not p.due(idle=True)
