@@ -26,7 +26,8 @@ The histogram is kept in step with ``completions`` as revision 0008 keeps the
 daily counters: each statement (plain PostgreSQL, transition tables) or row
 (a TimescaleDB hypertable) adds its net change to an unlogged pending table, and
 a deferred trigger folds the transaction's pending rows at commit, upserting in
-key order.
+key order (the deferred trigger fires per statement, on a token table, rather
+than per pending row as 0008's: these changes are many more rows).
 
 Indexes ``completions (flow_duration_bucket(cycle_time_s), completed_at)`` and
 the same for lead time, covering the value and ``team``: "the values of this
@@ -82,6 +83,9 @@ def _pending_from(changes: str) -> str:
         from ({changes}) c
         group by {KEY}
         having sum(c.n) <> 0 or sum(c.total) <> 0;
+        if found then
+          insert into completion_histogram_flushes default values;
+        end if;
     """
 
 
@@ -110,6 +114,7 @@ _ROW_MARKER = f"""
         insert into completion_histogram_pending ({HISTOGRAM_COLUMNS})
         select {KEY}, n, total from ({_changes("(select new.*) ", "1")}) c;
       end if;
+      insert into completion_histogram_flushes default values;
       return null;
     end $$
 """
@@ -145,16 +150,23 @@ def upgrade() -> None:
         )
         """
     )
+    op.execute(
+        "create unlogged table completion_histogram_flushes "
+        "(id bigint generated always as identity primary key)"
+    )
     # As daily_flow_flush (0008): the first deferred call of a transaction folds
     # every pending row, the later ones find theirs gone; key order keeps
-    # concurrent committers deadlock-free.
+    # concurrent committers deadlock-free. The deferred trigger is on a token per
+    # statement (per row on the hypertable path), not per pending row: a batch
+    # that rewrites 5,000 completions queues tens of thousands of pending rows.
     op.execute(
         f"""
         create function completion_histogram_flush() returns trigger language plpgsql as $$
         begin
-          if not exists (select 1 from completion_histogram_pending where id = new.id) then
+          if not exists (select 1 from completion_histogram_flushes where id = new.id) then
             return null;
           end if;
+          delete from completion_histogram_flushes;
           with taken as (delete from completion_histogram_pending returning *)
           insert into completion_duration_histogram as h ({HISTOGRAM_COLUMNS})
           select {KEY}, sum(t.n), sum(t.total)
@@ -218,7 +230,7 @@ def upgrade() -> None:
     )
     op.execute(
         "create constraint trigger completion_histogram_flush after insert on "
-        "completion_histogram_pending deferrable initially deferred for each row "
+        "completion_histogram_flushes deferrable initially deferred for each row "
         "execute function completion_histogram_flush()"
     )
     op.execute("revoke execute on function rebuild_completion_duration_histogram() from public")
@@ -236,6 +248,7 @@ def downgrade() -> None:
     op.execute("drop trigger if exists completions_histogram on completions")
     for event in ("insert", "delete", "update", "truncate"):
         op.execute(f"drop trigger if exists completions_histogram_on_{event} on completions")
+    op.execute("drop table if exists completion_histogram_flushes")
     op.execute("drop table if exists completion_histogram_pending")
     op.execute("drop table if exists completion_duration_histogram")
     for function in (
