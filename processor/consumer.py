@@ -26,7 +26,7 @@ import contextlib
 import gc
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,18 +124,22 @@ class EventStore:
         returns how many were new."""
         rows = []
         by_id: dict[str, CanonicalEvent] = {}
+        # projection → entity → the batch's events for it (stored before or not)
+        batch: dict[str, dict[str, list[CanonicalEvent]]] = defaultdict(lambda: defaultdict(list))
         for event in events:
             projection = self.registry.for_event(event)
             if projection is None or event.event_id in by_id:
                 continue
             by_id[event.event_id] = event
+            entity = projection.entity_of(event)
+            batch[projection.name][entity].append(event)
             rows.append(
                 (
                     event.event_id,
                     event.type,
                     event.source,
                     projection.name,
-                    projection.entity_of(event),
+                    entity,
                     event.occurred_at,
                     event.received_at,
                     json_text(event.model_dump_json()),
@@ -151,10 +155,17 @@ class EventStore:
                 "on commit delete rows"
             )
             await copy_rows(cur, "incoming", _EVENT_COLUMNS, _EVENT_TYPES, rows)
-            await cur.execute(
-                "insert into events select * from incoming on conflict (event_id) do nothing "
-                "returning event_id, projection, entity"
+            storing = asyncio.ensure_future(
+                cur.execute(
+                    "insert into events select * from incoming on conflict (event_id) do nothing "
+                    "returning event_id, projection, entity"
+                )
             )
+            try:
+                await asyncio.sleep(0)  # the statement is sent: PostgreSQL works from here
+                self._anticipate(batch)  # meanwhile, what can be folded from memory
+            finally:
+                await storing
             inserted = await cur.fetchall()
             for event_id, name, entity in inserted:
                 fresh[name][entity].append(by_id[event_id])
@@ -164,6 +175,12 @@ class EventStore:
             else:
                 await self.registry.get(name).refresh(conn, sorted(stored), stored)
         return len(inserted)
+
+    def _anticipate(self, batch: Mapping[str, Mapping[str, Sequence[CanonicalEvent]]]) -> None:
+        for name, by_entity in batch.items():
+            anticipate = getattr(self.registry.get(name), "anticipate", None)
+            if anticipate is not None and name not in self.deferred:
+                anticipate(by_entity)
 
     async def flush(self, conn: AsyncConnection[Any]) -> int:
         """Refresh every marked entity of the deferred projections; returns how many."""

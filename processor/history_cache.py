@@ -49,6 +49,10 @@ class HistoryCache(Generic[E, D]):
             self._entries.move_to_end(entity)
         return entry
 
+    def peek(self, entity: str) -> Cached[E, D] | None:
+        """The entry, without touching its recency."""
+        return self._entries.get(entity)
+
     def put(self, entity: str, history: list[E], derived: D) -> None:
         old = self._entries.pop(entity, None)
         if old is not None:

@@ -16,7 +16,7 @@ the rows are exact whatever the arrival order. Two things keep that cheap:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from psycopg import AsyncConnection
 
@@ -60,6 +60,15 @@ def _table_rows(p: WorkItemProjection) -> dict[str, frozenset[tuple[Any, ...]]]:
     }
 
 
+class _Guess(NamedTuple):
+    """An item folded from its cached history plus the batch, before the store said
+    which of the batch's events were new."""
+
+    derived_before: WorkItemProjection
+    new_ids: frozenset[str]
+    projection: WorkItemProjection
+
+
 class WorkItemsProjection:
     name = "work_items"
     event_types = frozenset({"work_item.upserted", "work_item.transitioned", "work_item.deleted"})
@@ -67,6 +76,8 @@ class WorkItemsProjection:
     def __init__(self, stages: StageConfig, cache_events: int = 0) -> None:
         self.stages = stages
         self.cache: HistoryCache[WorkItemEvent, WorkItemProjection] = HistoryCache(cache_events)
+        self._guesses: dict[str, _Guess] = {}
+        self.anticipated = 0  # items whose anticipated fold was used
 
     def entity_of(self, event: CanonicalEvent) -> str:
         return str(getattr(event, "item_id"))  # noqa: B009 - every claimed type has it
@@ -74,6 +85,29 @@ class WorkItemsProjection:
     def forget(self) -> None:
         """The transaction that used the cache rolled back: trust nothing in it."""
         self.cache.clear()
+        self._guesses = {}
+
+    def anticipate(self, batch: Mapping[str, Sequence[CanonicalEvent]]) -> None:
+        """While the store inserts the batch (PostgreSQL's time), fold from memory the
+        items whose history is cached: cached history + the batch's events not in it.
+        :meth:`refresh` takes such a result only when the store then confirms exactly
+        that history — the cache entry it verified by count is the one used here, and
+        the events the insert found new are exactly the ones added here — so it is
+        the fold of the same set of events (the fold depends on nothing else)."""
+        guesses: dict[str, _Guess] = {}
+        for entity, events in batch.items():
+            cached = self.cache.peek(entity)
+            if cached is None:
+                continue
+            known = {e.event_id for e in cached.history}
+            new = [e for e in events if e.event_id not in known]
+            history: list[WorkItemEvent] = cached.history + new  # type: ignore[operator]
+            guesses[entity] = _Guess(
+                cached.derived,
+                frozenset(e.event_id for e in new),
+                fold_work_item(entity, history, self.stages),
+            )
+        self._guesses = guesses
 
     async def refresh(
         self,
@@ -82,8 +116,21 @@ class WorkItemsProjection:
         fresh: Mapping[str, Sequence[CanonicalEvent]] | None = None,
     ) -> None:
         items = list(entities)
-        history, before = await self._histories(conn, items, fresh or {})
-        projections = [fold_work_item(e, history[e], self.stages) for e in items]
+        fresh = fresh or {}
+        guesses, self._guesses = self._guesses, {}
+        history, before = await self._histories(conn, items, fresh)
+        projections = []
+        for e in items:
+            guess = guesses.get(e)
+            if (
+                guess is not None
+                and before.get(e) is guess.derived_before
+                and guess.new_ids == {event.event_id for event in fresh.get(e, ())}
+            ):
+                projections.append(guess.projection)
+                self.anticipated += 1
+            else:
+                projections.append(fold_work_item(e, history[e], self.stages))
         await replace_rows(conn, items, projections, before)
         if self.cache.max_events:
             for p in projections:

@@ -2,6 +2,8 @@
 
 - the work-item history cache gives exactly the rows of a full re-read, also when
   another writer stored events the cache never saw, or a transaction rolled back;
+  folds anticipated from it while the batch is inserted are used only when the
+  store confirms them;
 - a deferred projection (DORA) marks what a batch touched, and its flush leaves
   exactly the rows an immediate refresh leaves; a flush that rolls back loses no mark.
 """
@@ -92,6 +94,38 @@ async def test_cached_histories_give_the_rows_of_a_full_reread(
     cached = await table_rows(conn, TABLES)
     assert cached == await refold_from_store(conn)
     assert any("In Review" in row for row in cached["transitions"])
+
+
+async def test_folds_anticipated_during_the_insert_are_used_only_when_confirmed(
+    conn: AsyncConnection[Any],
+) -> None:
+    """Cached items are folded while the store inserts the batch; a result is used only
+    if the store confirms the history it assumed, else the item is folded again."""
+    store, projection = work_store(cache_events=1000)
+    people = items(3)
+    await fold(conn, store, [e for p in people for e in p.created(0)])
+    await fold(conn, store, [p.moved(1, "To Do", "In Progress") for p in people])
+    assert projection.anticipated == 3  # every item was cached: all three guesses held
+    # A duplicate the store already holds (redelivered), beside a new move: still right.
+    again = people[2].moved(2, "In Progress", "In Review")
+    await fold(conn, store, [again])
+    await fold(conn, store, [again, people[2].moved(3, "In Review", "Done")])
+    assert projection.anticipated == 5
+    # Another writer stored events this cache never saw. A batch without them: the
+    # guess lacks them (it would lose the move to In Review), the count says so.
+    other, _ = work_store(cache_events=0)
+    foreign = people[0].moved(4, "In Progress", "In Review")
+    await fold(conn, other, [foreign])
+    await fold(conn, store, [people[0].moved(5, "In Review", "QA")])
+    assert projection.anticipated == 5, "a guess the store contradicted was used"
+    assert await table_rows(conn, TABLES) == await refold_from_store(conn)
+    # A batch that redelivers one of them with a new one: the guess takes both as
+    # new, the store found one new: not used either.
+    foreign = people[1].moved(6, "In Progress", "In Review")
+    await fold(conn, other, [foreign])
+    await fold(conn, store, [foreign, people[1].moved(7, "In Review", "Done")])
+    assert projection.anticipated == 5
+    assert await table_rows(conn, TABLES) == await refold_from_store(conn)
 
 
 async def test_a_rolled_back_batch_leaves_nothing_in_the_cache(
