@@ -155,31 +155,28 @@ async def duration_stats(conn: AsyncConnection[Any], f: Filters) -> dict[str, St
 
 
 async def _raw_stats(conn: AsyncConnection[Any], f: Filters) -> dict[str, Stats]:
-    """The same numbers from a sort of every value in the window."""
+    return {column: await raw_stats(conn, f, column) for column in MEASURES.values()}
+
+
+async def raw_stats(conn: AsyncConnection[Any], f: Filters, column: str) -> Stats:
+    """One measure's numbers from a sort of every value in the window."""
     where, params = f.where()
-    stats = []
-    for column in MEASURES.values():
-        stats.append(
-            f"count({column}), avg({column}), "
-            + ", ".join(f"percentile_cont({q}) within group (order by {column})" for q in QUANTILES)
-        )
+    percentiles = ", ".join(
+        f"percentile_cont({q}) within group (order by {column})" for q in QUANTILES
+    )
     async with conn.cursor() as cur:
         await cur.execute(
-            f"""select {", ".join(stats)} from completions
+            f"""select count({column}), avg({column}), {percentiles} from completions
                 where completed_at >= %(start)s and completed_at < %(end)s and {where}""",
             {**params, "start": f.start, "end": f.end},
         )
         row = await cur.fetchone()
     assert row is not None
-    out = {}
-    width = 2 + len(QUANTILES)
-    for i, column in enumerate(MEASURES.values()):
-        n, mean, *ps = row[i * width : (i + 1) * width]
-        out[column] = Stats(
-            n=int(n),
-            mean=None if mean is None else float(mean),
-            percentiles={
-                q: None if p is None else float(p) for q, p in zip(QUANTILES, ps, strict=True)
-            },
-        )
-    return out
+    n, mean, *ps = row
+    return Stats(
+        n=int(n),
+        mean=None if mean is None else float(mean),
+        percentiles={
+            q: None if p is None else float(p) for q, p in zip(QUANTILES, ps, strict=True)
+        },
+    )

@@ -14,7 +14,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from api.duration_stats import Stats, duration_stats
+from api.duration_stats import Stats, duration_stats, histogram_scope, raw_stats
 from api.filters import Filters
 from api.flow_counts import daily_flow, wip_at
 from api.percentiles import QUANTILES
@@ -35,8 +35,10 @@ def _summary(s: Stats) -> dict[str, float | None]:
 
 async def flow_metrics(pool: AsyncConnectionPool, f: Filters) -> dict[str, Any]:
     """The window's numbers. Cycle and lead time come from the duration histogram
-    and the few values their percentiles need (:mod:`api.duration_stats`); WIP from
-    the daily counters, on a second pooled connection at the same time."""
+    and the few values their percentiles need (:mod:`api.duration_stats`), WIP from
+    the daily counters, on two pooled connections at once. Without a histogram
+    for the filters, cycle and lead time are each a sort of the window's values:
+    they run at once on two connections (two cores), WIP after cycle time."""
 
     async def durations() -> dict[str, Stats]:
         async with pool.connection() as conn:
@@ -46,8 +48,19 @@ async def flow_metrics(pool: AsyncConnectionPool, f: Filters) -> dict[str, Any]:
         async with pool.connection() as conn:
             return await wip_at(conn, f, f.end)
 
-    stats, wip_now = await asyncio.gather(durations(), wip())
-    ct, lt = stats["cycle_time_s"], stats["lead_time_s"]
+    async def raw_cycle_and_wip() -> tuple[Stats, int]:
+        async with pool.connection() as conn:
+            return await raw_stats(conn, f, "cycle_time_s"), await wip_at(conn, f, f.end)
+
+    async def raw_lead() -> Stats:
+        async with pool.connection() as conn:
+            return await raw_stats(conn, f, "lead_time_s")
+
+    if histogram_scope(f) is None:
+        (ct, wip_now), lt = await asyncio.gather(raw_cycle_and_wip(), raw_lead())
+    else:
+        stats, wip_now = await asyncio.gather(durations(), wip())
+        ct, lt = stats["cycle_time_s"], stats["lead_time_s"]
     return {
         "start": f.start.isoformat(),
         "end": f.end.isoformat(),
