@@ -15,12 +15,12 @@ and every API query (the API never computes a bucket itself, it only orders them
 It is nondecreasing in ``v`` (bucket order is value order): 0 below one second,
 ``floor(16 · ln v)`` up to 10^12 s (16 buckets per factor e, each ≈ 6.5 % wide),
 ``1000`` for larger values, infinities and NaN (which PostgreSQL orders last).
-Not STRICT, so that PostgreSQL inlines it (4x cheaper per row than a call).
+Not STRICT, so that PostgreSQL inlines it (≈ 3x cheaper per row than a call).
 
 Scopes: the two the API answers from the histogram, all teams and one team. A
 per-(team, project, item_type) histogram has about one cell per completion in
 a 90-day window, no fewer rows to sum than the window has values; the all-teams
-rollup is 14,000 rows at 10 M transitions (docs/metrics.md, with the bucket
+rollup is 14,000 rows for 90 days at 10 M transitions (docs/metrics.md, with the bucket
 resolution measured). Other filter combinations keep reading the raw rows.
 
 The histogram is kept in step with ``completions`` as revision 0008 keeps the
