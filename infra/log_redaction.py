@@ -73,8 +73,13 @@ class Redactor:
             }
         if isinstance(value, list | tuple | set | frozenset):
             return [self.value(v) for v in value]
-        if value is None or isinstance(value, bool | int | float):
+        if value is None or isinstance(value, bool):
             return value
+        if isinstance(value, int | float):
+            # Printed as its repr; a secret inside those digits would otherwise be cut
+            # out of the rendered line by the last net, leaving it invalid JSON.
+            shown = repr(value)
+            return value if self.text(shown) == shown else REDACTED
         # What a renderer would print for any other object is its repr.
         return self.text(repr(value))
 

@@ -184,3 +184,11 @@ def test_configure_logging_wires_the_redaction(capsys: Any) -> None:
     line = json.loads(err.strip().splitlines()[-1])
     assert "s3cr3t-webhook-key" not in err
     assert line["delivery_id"] == "d-9" and line["note"] == f"key {REDACTED}"
+
+
+def test_a_number_that_prints_a_secret_is_redacted_and_the_line_stays_json() -> None:
+    """Found by the property above: a secret of digits inside a logged number."""
+    line = render({"event": "x", "count": 50000000000000}, ["000000000000"])
+    assert "000000000000" not in line
+    assert json.loads(line)["count"] == REDACTED
+    assert json.loads(render({"event": "x", "count": 5}, ["000000000000"]))["count"] == 5
