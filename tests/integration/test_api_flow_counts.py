@@ -17,38 +17,21 @@ from api.deps import configure_read_only
 from api.filters import Filters
 from api.flow_counts import wip_at
 from api.flow_queries import flow_metrics, flow_timeseries
+from tests.integration.flow_rows import COMPLETION_COLUMNS, instant
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
 STAY_COLUMNS = (
     "item_id, seq, stage, stage_index, flow_state, entered_at, exited_at, team, project, item_type"
 )
-COMPLETION_COLUMNS = (
-    "item_id, completed_at, started_at, created_at, team, project, item_type, "
-    "cycle_time_s, lead_time_s"
-)
 Row = tuple[Any, ...]
-
-
-def _instant(rng: random.Random) -> datetime:
-    """Often exactly on a midnight or a microsecond off one: the counters' edge cases."""
-    day = T0 + timedelta(days=rng.randint(-20, 40))
-    return day + rng.choice(
-        [
-            timedelta(0),
-            timedelta(microseconds=1),
-            -timedelta(microseconds=1),
-            timedelta(seconds=rng.uniform(0, 86_400)),
-        ]
-    )
 
 
 def _stays(rng: random.Random, n: int, prefix: str) -> list[Row]:
     rows = []
     for i in range(n):
-        entered = _instant(rng)
-        exited = None if rng.random() < 0.3 else max(entered, _instant(rng))
+        entered = instant(rng, -20, 40)
+        exited = None if rng.random() < 0.3 else max(entered, instant(rng, -20, 40))
         team = rng.choice(["A", "B"])
         state = rng.choice(["wip", "wip", "backlog", "done", "removed"])
         item_type = rng.choice(["Story", "Bug"])
@@ -61,7 +44,7 @@ def _stays(rng: random.Random, n: int, prefix: str) -> list[Row]:
 def _completions(rng: random.Random, n: int, prefix: str) -> list[Row]:
     rows = []
     for i in range(n):
-        done = _instant(rng)
+        done = instant(rng, -20, 40)
         team = rng.choice(["A", "B"])
         cycle, lead = rng.uniform(0, 9e5), rng.uniform(0, 2e6)
         rows.append(
@@ -195,8 +178,8 @@ def _percentile_cont(values: list[float], q: float) -> float | None:
 def _windows(rng: random.Random) -> list[Filters]:
     windows = []
     for _ in range(12):
-        start = _instant(rng)
-        end = max(start + timedelta(microseconds=1), _instant(rng))
+        start = instant(rng, -20, 40)
+        end = max(start + timedelta(microseconds=1), instant(rng, -20, 40))
         windows.append(
             Filters(
                 start=start,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -17,29 +17,12 @@ from api.duration_stats import Stats, duration_stats, histogram_scope
 from api.filters import Filters
 from api.flow_queries import flow_metrics
 from api.percentiles import QUANTILES
+from tests.integration.flow_rows import COMPLETION_COLUMNS, T0, instant
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 3, 2, tzinfo=UTC)
-COLUMNS = (
-    "item_id, completed_at, started_at, created_at, team, project, item_type, "
-    "cycle_time_s, lead_time_s"
-)
 TEAMS = {"A": ("PA", "PX"), "B": ("PB",), "C": ("PC", "PX")}
 Row = tuple[Any, ...]
-
-
-def _instant(rng: random.Random) -> datetime:
-    """Often on a midnight or a microsecond off one."""
-    day = T0 + timedelta(days=rng.randint(-10, 10))
-    return day + rng.choice(
-        [
-            timedelta(0),
-            timedelta(microseconds=1),
-            -timedelta(microseconds=1),
-            timedelta(seconds=rng.uniform(0, 86_400)),
-        ]
-    )
 
 
 def _duration(rng: random.Random) -> float:
@@ -60,7 +43,7 @@ def _duration(rng: random.Random) -> float:
 def _rows(rng: random.Random, n: int, prefix: str) -> list[Row]:
     rows = []
     for i in range(n):
-        done = _instant(rng)
+        done = instant(rng, -10, 10)
         team = rng.choice(sorted(TEAMS))
         cycle = _duration(rng)
         lead = None if rng.random() < 0.15 else cycle + _duration(rng)
@@ -81,7 +64,8 @@ def _rows(rng: random.Random, n: int, prefix: str) -> list[Row]:
 
 
 def _copy(conn: psycopg.Connection[Any], rows: list[Row]) -> None:
-    with conn.cursor() as cur, cur.copy(f"copy completions ({COLUMNS}) from stdin") as copy:
+    statement = f"copy completions ({COMPLETION_COLUMNS}) from stdin"
+    with conn.cursor() as cur, cur.copy(statement) as copy:
         for row in rows:
             copy.write_row(row)
 
@@ -194,7 +178,7 @@ def _windows(rng: random.Random) -> list[Filters]:
     """Windows on midnights and cut mid-day, short and long, with every filter kind."""
     out = []
     for i in range(40):
-        start = _instant(rng)
+        start = instant(rng, -10, 10)
         if i % 4 == 0:
             start = start.replace(hour=0, minute=0, second=0, microsecond=0)
         end = start + rng.choice(
