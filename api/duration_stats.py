@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time
 from decimal import Decimal
 from typing import Any
 
 from psycopg import AsyncConnection
 
 from api.filters import Filters
-from api.flow_counts import midnight
+from api.flow_counts import whole_days
 from api.percentiles import QUANTILES, needed_offsets, percentile_from_buckets
 
 # Measure numbers in the histogram, and their columns.
@@ -49,21 +49,13 @@ def histogram_scope(f: Filters) -> tuple[int, str] | None:
     return (0, "") if f.team is None else (1, f.team)
 
 
-def whole_days(f: Filters) -> tuple[datetime, datetime] | None:
-    """The UTC midnights bounding the days ``[start, end)`` covers whole, if any."""
-    first = midnight(f.start)
-    if first != f.start:
-        first += timedelta(days=1)
-    last = midnight(f.end)
-    return (first, last) if first < last else None
-
-
 def raw_pieces(f: Filters) -> list[tuple[datetime, datetime]]:
     """The parts of ``[start, end)`` outside its whole days (read from the rows)."""
-    whole = whole_days(f)
-    if whole is None:
+    first, last = whole_days(f)
+    if first >= last:
         return [(f.start, f.end)]
-    return [(lo, hi) for lo, hi in ((f.start, whole[0]), (whole[1], f.end)) if lo < hi]
+    whole_from, whole_to = (datetime.combine(d, time(), tzinfo=UTC) for d in (first, last))
+    return [(lo, hi) for lo, hi in ((f.start, whole_from), (whole_to, f.end)) if lo < hi]
 
 
 async def duration_stats(conn: AsyncConnection[Any], f: Filters) -> dict[str, Stats]:
@@ -74,9 +66,9 @@ async def duration_stats(conn: AsyncConnection[Any], f: Filters) -> dict[str, St
     where, params = f.where()
     params = {**params, "start": f.start, "end": f.end, "grain": scope[0], "scope": scope[1]}
     parts = []
-    whole = whole_days(f)
-    if whole is not None:
-        params["whole_from"], params["whole_to"] = whole[0].date(), whole[1].date()
+    whole_from, whole_to = whole_days(f)
+    if whole_from < whole_to:
+        params["whole_from"], params["whole_to"] = whole_from, whole_to
         parts.append(
             """select measure, bucket, n, total from completion_duration_histogram
                where grain = %(grain)s and team = %(scope)s

@@ -35,6 +35,15 @@ def midnight(at: datetime) -> datetime:
     return datetime.combine(at.astimezone(UTC).date(), time(), tzinfo=UTC)
 
 
+def whole_days(f: Filters) -> tuple[date, date]:
+    """``[first, last)``: the UTC days ``[start, end)`` covers whole (none when
+    ``first >= last``); ``last`` is the day of ``end``'s midnight. Precomputed
+    per-day rows hold exactly the range's rows for these days."""
+    start = midnight(f.start)
+    first = start.date() if start == f.start else start.date() + ONE_DAY
+    return first, midnight(f.end).date()
+
+
 @dataclass(frozen=True)
 class DailyFlow:
     """Days ``first`` … the last day touching ``[start, end)``: for each, WIP at the
@@ -81,8 +90,7 @@ async def daily_flow(conn: AsyncConnection[Any], f: Filters, first: date) -> Dai
     end_cut = midnight(f.end)  # == f.end when the range ends at midnight
     start_cut = midnight(f.start)
     # Whole days of [start, end): their counters hold exactly the range's completions.
-    whole_from = start_cut.date() if start_cut == f.start else start_cut.date() + ONE_DAY
-    whole_to = end_cut.date()
+    whole_from, whole_to = whole_days(f)
     async with conn.cursor() as cur:
         await cur.execute(
             f"""select case when day < %(first)s then null else day end as d,
