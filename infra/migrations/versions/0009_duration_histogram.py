@@ -49,6 +49,15 @@ depends_on = None
 # Buckets per factor e: measured in docs/metrics.md (cells summed vs values read).
 BUCKETS_PER_E = 16
 HISTOGRAM_COLUMNS = "grain, team, day, measure, bucket, n, total"
+# One cell of the histogram, as stored and as queued for the commit-time fold.
+CELL_DDL = """
+            grain   smallint not null,
+            team    text not null,
+            day     date not null,
+            measure smallint not null,
+            bucket  integer not null,
+            n       integer not null,
+            total   numeric not null"""
 KEY = "grain, team, day, measure, bucket"
 
 BUCKET_FUNCTION = f"""
@@ -124,30 +133,16 @@ _ROW_MARKER = f"""
 def upgrade() -> None:
     op.execute(BUCKET_FUNCTION)
     op.execute(
-        """
-        create table completion_duration_histogram (
-            grain   smallint not null,
-            team    text not null,
-            day     date not null,
-            measure smallint not null,
-            bucket  integer not null,
-            n       integer not null,
-            total   numeric not null,
-            primary key (grain, team, day, measure, bucket) include (n, total)
+        f"""
+        create table completion_duration_histogram ({CELL_DDL},
+            primary key ({KEY}) include (n, total)
         ) with (fillfactor = 80)
         """
     )
     op.execute(
-        """
+        f"""
         create unlogged table completion_histogram_pending (
-            id      bigint generated always as identity primary key,
-            grain   smallint not null,
-            team    text not null,
-            day     date not null,
-            measure smallint not null,
-            bucket  integer not null,
-            n       integer not null,
-            total   numeric not null
+            id      bigint generated always as identity primary key,{CELL_DDL}
         )
         """
     )
