@@ -101,6 +101,8 @@ class WorkItemsProjection:
                 continue
             known = {e.event_id for e in cached.history}
             new = [e for e in events if e.event_id not in known]
+            if not new:
+                continue  # redelivered only: the cache holds them, so nothing is stored
             history: list[WorkItemEvent] = cached.history + new  # type: ignore[operator]
             guesses[entity] = _Guess(
                 cached.derived,
